@@ -1,0 +1,140 @@
+"""Writes the built-in demo data set (DESIGN.md section 5) in the training formats of section 4.
+
+    rlhf-data demo.out_dir=/tmp/demo_data           # or implicitly: rlhf ... data=demo
+
+Files: catalogue.json, sft_train.jsonl / sft_eval.jsonl (messages), rankings_train.jsonl /
+rankings_eval.jsonl (K ranked responses, best first, with ranks and oracle scores),
+prompts_train.jsonl (prompts only, for RL) and eval_prompts.jsonl (held-out phrasings, for
+generation evaluation). Prompt rows carry `product` and `intent`, which the oracle needs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import random
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from data_tools.demo import catalogue as cat
+from data_tools.demo.oracle import score
+from data_tools.io import atomic_dir, file_lock
+
+MANIFEST = "demo_manifest.json"
+
+
+@dataclass
+class DemoSpec:
+    """What the demo data set is made of; a different spec is a different data set."""
+    seed: int = 0
+    num_products: int = 30
+    sft_train_size: int = 3000
+    # share of SFT answers that are flawed (wrong fact, rude, off topic, rambling)
+    sft_flawed_share: float = 0.28
+    sft_eval_size: int = 200
+    rankings_train_size: int = 2000
+    rankings_eval_size: int = 200
+    # responses per ranking row (K)
+    ranking_k: int = 4
+    prompts_train_size: int = 1000
+    eval_prompts_size: int = 200
+    # random greetings/closings around training questions (see catalogue.question)
+    framing: bool = True
+
+
+def _user(text: str) -> dict:
+    return {"role": "user", "content": text}
+
+
+def _assistant(text: str) -> dict:
+    return {"role": "assistant", "content": text}
+
+
+def _pick(products, rng):
+    return rng.choice(products), rng.choice(cat.INTENTS)
+
+
+def sft_rows(products, n: int, flawed_share: float, heldout: bool, framing: bool, rng):
+    for _ in range(n):
+        product, intent = _pick(products, rng)
+        style = rng.choice(cat.FLAWS) if rng.random() < flawed_share else "good"
+        q = cat.question(product, intent, rng, heldout=heldout, framing=framing)
+        yield {"messages": [_user(q), _assistant(cat.answer(product, intent, style, rng))],
+               "style": style, "product": product.name, "intent": intent}
+
+
+def ranking_rows(products, n: int, k: int, heldout: bool, framing: bool, rng):
+    """K responses per prompt, ranked by the oracle (rank 1 = best; equal scores tie)."""
+    for _ in range(n):
+        product, intent = _pick(products, rng)
+        styles = ["good"] + rng.sample(cat.FLAWS, k=min(k - 1, len(cat.FLAWS)))
+        while len(styles) < k:  # K > 5: repeat styles, which also creates ties
+            styles.append(rng.choice(("good",) + cat.FLAWS))
+        answers = {cat.answer(product, intent, s, rng) for s in styles}
+        while len(answers) < k:  # two styles happened to give the same text
+            answers.add(cat.answer(product, intent, rng.choice(cat.FLAWS), rng))
+        scored = sorted(((score(a, product, intent).total, a) for a in answers), reverse=True)
+        distinct = sorted({s for s, _ in scored}, reverse=True)
+        yield {"prompt": [_user(cat.question(product, intent, rng, heldout, framing))],
+               "responses": [_assistant(a) for _, a in scored],
+               "ranks": [distinct.index(s) + 1 for s, _ in scored],
+               "scores": [s for s, _ in scored],
+               "product": product.name, "intent": intent}
+
+
+def prompt_rows(products, n: int, heldout: bool, framing: bool, rng):
+    for _ in range(n):
+        product, intent = _pick(products, rng)
+        yield {"prompt": [_user(cat.question(product, intent, rng, heldout, framing))],
+               "product": product.name, "intent": intent}
+
+
+def _write_jsonl(path: Path, rows) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def generate_demo(out_dir: str | os.PathLike, spec: DemoSpec) -> Path:
+    """Write the demo files into `out_dir` (atomically: a half-written set never appears)."""
+    out_dir = Path(out_dir)
+    products = cat.make_catalogue(spec.num_products, spec.seed)
+    # one generator per file, so changing one size leaves the other files unchanged
+    rng = lambda salt: random.Random(f"{spec.seed}-{salt}")  # noqa: E731
+    with atomic_dir(out_dir) as tmp:
+        with open(tmp / "catalogue.json", "w", encoding="utf-8") as f:
+            json.dump([dataclasses.asdict(p) for p in products], f, indent=1)
+        _write_jsonl(tmp / "sft_train.jsonl", sft_rows(
+            products, spec.sft_train_size, spec.sft_flawed_share, False, spec.framing, rng("sft")))
+        # the SFT eval set measures the target behaviour: good answers to held-out phrasings
+        _write_jsonl(tmp / "sft_eval.jsonl", sft_rows(
+            products, spec.sft_eval_size, 0.0, True, spec.framing, rng("sft_eval")))
+        _write_jsonl(tmp / "rankings_train.jsonl", ranking_rows(
+            products, spec.rankings_train_size, spec.ranking_k, False, spec.framing, rng("rank")))
+        _write_jsonl(tmp / "rankings_eval.jsonl", ranking_rows(
+            products, spec.rankings_eval_size, spec.ranking_k, True, spec.framing,
+            rng("rank_eval")))
+        _write_jsonl(tmp / "prompts_train.jsonl", prompt_rows(
+            products, spec.prompts_train_size, False, spec.framing, rng("prompts")))
+        _write_jsonl(tmp / "eval_prompts.jsonl", prompt_rows(
+            products, spec.eval_prompts_size, True, spec.framing, rng("eval_prompts")))
+        with open(tmp / MANIFEST, "w", encoding="utf-8") as f:
+            json.dump(dataclasses.asdict(spec), f, indent=1)
+    return out_dir
+
+
+def ensure_demo_data(out_dir: str | os.PathLike, spec: DemoSpec) -> Path:
+    """Generate the demo set once; later calls (and other ranks) reuse it.
+
+    A directory made from a different spec is regenerated, so changing `data.demo.*` never
+    trains on stale files."""
+    out_dir = Path(out_dir)
+    with file_lock(out_dir.with_name(out_dir.name + ".lock")):
+        manifest = out_dir / MANIFEST
+        if manifest.exists() and json.loads(manifest.read_text()) == dataclasses.asdict(spec):
+            return out_dir
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        return generate_demo(out_dir, spec)

@@ -1,0 +1,241 @@
+"""Typed schemas of every config group, registered in Hydra's ConfigStore.
+
+Each YAML under conf/<group>/ starts with `defaults: [<schema>]`, so a misspelled key or a
+wrong type fails when Hydra composes the config, before any model is loaded. Defaults live
+here, not in code (no `cfg.get(key, default)` anywhere). Cross-field rules that a schema
+cannot express are checked in `validate`, which names the field and the fix.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+from data_tools.demo.generate import DemoSpec
+from rlhf.errors import ConfigError
+from rlhf.models.demo_tiny import DemoModelSpec
+
+
+class DType(str, Enum):
+    auto = "auto"
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+    float16 = "float16"
+
+
+class Precision(str, Enum):
+    fp32 = "fp32"
+    bf16 = "bf16"
+    fp16 = "fp16"
+
+
+class LoggerBackend(str, Enum):
+    none = "none"
+    wandb = "wandb"
+
+
+class WandbMode(str, Enum):
+    auto = "auto"  # online when an API key is configured, otherwise offline
+    online = "online"
+    offline = "offline"
+
+
+# ---------------------------------------------------------------- model
+@dataclass
+class LoraConfig:
+    enabled: bool = False
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    # module names, or ["all-linear"] for every linear layer except the output head
+    target_modules: List[str] = field(default_factory=lambda: ["all-linear"])
+
+
+@dataclass
+class ModelConfig:
+    # short name, used in run names
+    name: str = MISSING
+    # local directory or hub id (e.g. Qwen/Qwen2.5-0.5B-Instruct)
+    path: str = MISSING
+    # defaults to `path`
+    tokenizer_path: Optional[str] = None
+    revision: Optional[str] = None
+    dtype: DType = DType.float32
+    trust_remote_code: bool = False
+    attn_implementation: Optional[str] = None
+    # a Jinja file that replaces the tokenizer's chat template
+    chat_template_path: Optional[str] = None
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    # set for the built-in tiny model: build it at `path` when nothing is there yet
+    demo: Optional[DemoModelSpec] = None
+
+
+# ---------------------------------------------------------------- data
+@dataclass
+class DataConfig:
+    name: str = MISSING
+    # set for the built-in demo: generate the synthetic data set into `dir` when missing
+    demo: Optional[DemoSpec] = None
+    dir: Optional[str] = None
+    # JSONL files or `datasets` directories, in the formats of DESIGN.md section 4
+    sft_train: Optional[str] = None
+    sft_eval: Optional[str] = None
+    rankings_train: Optional[str] = None
+    rankings_eval: Optional[str] = None
+    prompts_train: Optional[str] = None
+    # held-out prompts answered by the model in stage=eval
+    eval_prompts: Optional[str] = None
+    # worker processes for tokenisation
+    num_proc: int = 1
+
+
+# ---------------------------------------------------------------- stages
+@dataclass
+class TrainStageConfig:
+    """What every training stage shares. Batch sizes are given once, as the global batch."""
+    name: str = MISSING
+    seed: int = 42
+    learning_rate: float = 1e-5
+    lr_scheduler: str = "cosine"
+    warmup_ratio: float = 0.0
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    # -1: run `num_epochs` instead
+    max_steps: int = -1
+    num_epochs: float = 1.0
+    # sequences per optimizer step, over all ranks; accumulation is derived from it
+    global_batch_size: int = 32
+    per_device_batch_size: int = 8
+    max_length: int = 512
+    logging_steps: int = 10
+    # 0: evaluate once, at the end
+    eval_steps: int = 0
+    gradient_checkpointing: bool = False
+
+
+@dataclass
+class SFTStageConfig(TrainStageConfig):
+    name: str = "sft"
+    learning_rate: float = 2e-5
+    # loss on assistant tokens only (needs {% generation %} in the chat template)
+    assistant_only_loss: bool = True
+    packing: bool = False
+    # flatten the batch into one row without padding (needs flash attention on GPU)
+    padding_free: bool = False
+
+
+@dataclass
+class EvalStageConfig:
+    name: str = "eval"
+    seed: int = 0
+    # held-out prompts answered (from data.eval_prompts); 0 = all
+    max_prompts: int = 200
+    max_new_tokens: int = 64
+    batch_size: int = 50
+    greedy: bool = True
+    # also sample one answer per prompt at this temperature (0 = skip)
+    sample_temperature: float = 1.0
+    # answers printed and logged as a table
+    num_examples: int = 5
+
+
+@dataclass
+class PipelineStageConfig:
+    name: str = "pipeline"
+
+
+@dataclass
+class PipelineStep:
+    # a name for the step; later steps refer to its run directory as {name}
+    name: str = MISSING
+    stage: str = MISSING
+    # Hydra overrides for this step only, e.g. "model.path={sft}"
+    overrides: List[str] = field(default_factory=list)
+
+
+@dataclass
+class PipelineConfig:
+    steps: List[PipelineStep] = field(default_factory=list)
+    # metrics shown as columns of the summary table
+    summary_metrics: List[str] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------- infrastructure
+@dataclass
+class DistributedConfig:
+    name: str = MISSING
+    nproc_per_node: int = 1
+    precision: Precision = Precision.fp32
+
+
+@dataclass
+class LoggerConfig:
+    backend: LoggerBackend = LoggerBackend.none
+    project: str = "rlhf"
+    entity: Optional[str] = None
+    # W&B group; defaults to experiment_name, so all runs of an experiment or sweep group
+    group: Optional[str] = None
+    tags: List[str] = field(default_factory=list)
+    mode: WandbMode = WandbMode.auto
+
+
+@dataclass
+class DebugConfig:
+    """Caps for quick runs (debug=tiny); null means no cap."""
+    max_steps: Optional[int] = None
+    max_train_rows: Optional[int] = None
+    max_eval_rows: Optional[int] = None
+
+
+@dataclass
+class Config:
+    stage: Any = MISSING
+    model: ModelConfig = MISSING
+    data: DataConfig = MISSING
+    distributed: DistributedConfig = MISSING
+    logger: LoggerConfig = MISSING
+    debug: DebugConfig = MISSING
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    # groups runs (W&B group, output folder)
+    experiment_name: str = "default"
+    # where the demo data and tiny model are built once and reused
+    cache_dir: str = MISSING
+
+
+def register_configs() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="rlhf_schema", node=Config)
+    for name, node in {"sft": SFTStageConfig, "eval": EvalStageConfig,
+                       "pipeline": PipelineStageConfig}.items():
+        cs.store(group="stage", name=f"{name}_schema", node=node)
+    for group, node in {"model": ModelConfig, "data": DataConfig,
+                        "distributed": DistributedConfig, "logger": LoggerConfig,
+                        "debug": DebugConfig}.items():
+        cs.store(group=group, name="schema", node=node)
+
+
+def validate(cfg: Any) -> None:
+    """Cross-field checks; each error (a ValueError) names the field and how to fix it."""
+    stage = cfg.stage
+    if stage.name == "pipeline" and not cfg.pipeline.steps:
+        raise ConfigError("stage=pipeline needs pipeline.steps; use an experiment that defines "
+                         "them, e.g. `rlhf experiment=demo`")
+    if hasattr(stage, "global_batch_size"):
+        world = cfg.distributed.nproc_per_node
+        per_step = stage.per_device_batch_size * world
+        if stage.global_batch_size % per_step:
+            raise ConfigError(
+                f"stage.global_batch_size={stage.global_batch_size} is not divisible by "
+                f"stage.per_device_batch_size={stage.per_device_batch_size} x "
+                f"{world} rank(s) = {per_step}; choose a multiple of {per_step}")
+        if not 0 <= stage.warmup_ratio < 1:
+            raise ConfigError(f"stage.warmup_ratio={stage.warmup_ratio} must be in [0, 1)")
+        if getattr(stage, "padding_free", False) and not stage.packing:
+            raise ConfigError("stage.padding_free=true does not truncate rows to stage.max_length "
+                             "by itself; also set stage.packing=true")
+        if stage.max_steps == 0:
+            raise ConfigError("stage.max_steps=0 trains nothing; use -1 (epochs) or a positive count")

@@ -1,0 +1,49 @@
+"""The run directory of a stage and what every stage writes into it.
+
+rlhf_run_dir/
+  model/          Hugging Face checkpoint (safetensors + tokenizer with chat template)
+  metrics.json    final metrics, flat `{"eval/loss": 1.23, ...}`
+  config.yaml     the resolved config (secrets redacted)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import OmegaConf
+
+from data_tools.io import atomic_write_text
+from rlhf.tracking.secrets import redact
+
+# set by a parent process (pipeline, launcher) so children and ranks share one directory
+RUN_DIR_ENV = "RLHF_RUN_DIR"
+
+
+def run_dir() -> Path:
+    path = os.environ.get(RUN_DIR_ENV) or HydraConfig.get().runtime.output_dir
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def resolved_config(cfg) -> dict:
+    return redact(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
+
+
+def save_config(cfg, out: Path) -> None:
+    atomic_write_text(out / "config.yaml", OmegaConf.to_yaml(resolved_config(cfg)))
+
+
+def write_metrics(out: Path, metrics: dict) -> None:
+    # NaN/inf are not JSON: write them as strings, so a diverged run is still reported
+    clean = {k: (v if not isinstance(v, float) or math.isfinite(v) else str(v))
+             for k, v in metrics.items()}
+    atomic_write_text(out / "metrics.json", json.dumps(clean, indent=1, sort_keys=True) + "\n")
+
+
+def read_metrics(out: Path) -> dict:
+    return json.loads((Path(out) / "metrics.json").read_text())

@@ -1,0 +1,73 @@
+"""Supervised fine-tuning on conversations, on TRL's SFTTrainer.
+
+    rlhf stage=sft                                   # the demo data on the tiny model
+    rlhf stage=sft model.path=Qwen/Qwen2.5-0.5B-Instruct model.lora.enabled=true \
+        data=custom data.sft_train=train.jsonl data.sft_eval=eval.jsonl
+
+The loss is on the assistant's tokens only (`stage.assistant_only_loss`), optionally with
+packing or padding-free batches and LoRA. Writes `model/` (safetensors + tokenizer with chat
+template), `metrics.json` (eval loss and perplexity) and `config.yaml` to the run directory.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+from rlhf.data.loading import load_conversations, require
+from rlhf.distributed import is_main_process
+from rlhf.models.loading import (load_causal_lm, load_tokenizer, peft_config, prepare_inputs,
+                                 save_checkpoint)
+from rlhf.stages.common import StageRun, cap_rows, training_arguments
+from rlhf.tracking import hf_log_to_metrics
+from rlhf.tracking.callback import TrackerCallback
+
+
+def load_data(cfg, out):
+    import datasets
+
+    train_path = require(cfg.data.sft_train, "data.sft_train", "sft")
+    train = load_conversations(train_path, cfg.debug.max_train_rows, bad_rows_dir=out)
+    eval_rows = None
+    if cfg.data.sft_eval:
+        eval_rows = load_conversations(cfg.data.sft_eval, cfg.debug.max_eval_rows, out)
+    return (datasets.Dataset.from_list(train),
+            datasets.Dataset.from_list(eval_rows) if eval_rows else None)
+
+
+def run(cfg) -> dict:
+    from trl import SFTConfig, SFTTrainer
+
+    stage_run = StageRun(cfg)
+    out, stage = stage_run.out, cfg.stage
+    prepare_inputs(cfg)
+    tokenizer = load_tokenizer(cfg.model)
+    train_ds, eval_ds = load_data(cfg, out)
+    model = load_causal_lm(cfg.model)
+
+    args = SFTConfig(**training_arguments(cfg, out), max_length=stage.max_length,
+                     assistant_only_loss=stage.assistant_only_loss, packing=stage.packing,
+                     padding_free=stage.padding_free, dataset_num_proc=cfg.data.num_proc)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
+                         processing_class=tokenizer, peft_config=peft_config(cfg.model),
+                         callbacks=[TrackerCallback(stage_run.tracker)])
+    train_result = trainer.train()
+
+    metrics = {"train/loss": train_result.training_loss,
+               "train_runtime_s": train_result.metrics["train_runtime"],
+               "train/samples_per_second": train_result.metrics["train_samples_per_second"],
+               "train/steps": trainer.state.global_step,
+               "num_parameters": sum(p.numel() for p in trainer.model.parameters()),
+               "num_trainable_parameters": sum(p.numel() for p in trainer.model.parameters()
+                                               if p.requires_grad)}
+    if eval_ds is not None:
+        eval_metrics = hf_log_to_metrics(trainer.evaluate())
+        eval_metrics["eval/perplexity"] = math.exp(min(eval_metrics["eval/loss"], 50.0))
+        stage_run.tracker.log(eval_metrics, step=trainer.state.global_step)
+        metrics.update(eval_metrics)
+
+    if is_main_process():
+        save_checkpoint(trainer.model, tokenizer, out)
+        with open(out / "log_history.json", "w", encoding="utf-8") as f:
+            json.dump(trainer.state.log_history, f, indent=1)
+    return stage_run.finish(metrics)

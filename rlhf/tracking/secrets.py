@@ -1,0 +1,25 @@
+"""Keeps secrets out of logged configs: values under secret-looking keys, and values that look
+like credentials wherever they are (W&B, Hugging Face, OpenAI-style keys)."""
+
+from __future__ import annotations
+
+import re
+
+REDACTED = "***"
+# whole name parts only: `hf_token` is a secret, `max_new_tokens` and `tokenizer_path` are not
+_SECRET_KEY = re.compile(r"(^|_)(api_?key|secret(_key)?|access_key|private_key|token|password|"
+                         r"passwd|credentials?|auth)$", re.I)
+_SECRET_VALUE = re.compile(r"^(hf_[A-Za-z0-9]{20,}|sk-[A-Za-z0-9_\-]{20,}|[0-9a-f]{40}|"
+                           r"local-[0-9a-f]{40,}|ghp_[A-Za-z0-9]{30,})$")
+
+
+def redact(node):
+    """Return a copy of a plain dict/list config tree with secret values replaced by ***."""
+    if isinstance(node, dict):
+        return {k: (REDACTED if _SECRET_KEY.search(str(k)) and node[k] not in (None, "")
+                    else redact(v)) for k, v in node.items()}
+    if isinstance(node, list):
+        return [redact(v) for v in node]
+    if isinstance(node, str) and _SECRET_VALUE.match(node.strip()):
+        return REDACTED
+    return node

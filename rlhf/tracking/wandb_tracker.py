@@ -1,0 +1,62 @@
+"""Weights & Biases tracking: project, group = experiment (or sweep), job_type = stage,
+the resolved config (secrets redacted) as the run config, the same run id on resume."""
+
+from __future__ import annotations
+
+import netrc
+import os
+from pathlib import Path
+
+from rlhf.config import WandbMode
+from rlhf.runs import resolved_config
+
+RUN_ID_FILE = "wandb_run_id"
+
+
+def has_api_key() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        return netrc.netrc().authenticators("api.wandb.ai") is not None
+    except (FileNotFoundError, netrc.NetrcParseError):
+        return False
+
+
+def resolve_mode(mode: WandbMode) -> str:
+    if mode != WandbMode.auto:
+        return mode.value
+    if os.environ.get("WANDB_MODE"):
+        return os.environ["WANDB_MODE"]
+    return "online" if has_api_key() else "offline"
+
+
+class WandbTracker:
+    def __init__(self, cfg, out: Path):
+        import wandb
+
+        self.mode = resolve_mode(cfg.logger.mode)
+        id_file = out / RUN_ID_FILE
+        # a resumed job finds the id it wrote before and continues the same W&B run
+        run_id = id_file.read_text().strip() if id_file.exists() else wandb.util.generate_id()
+        id_file.write_text(run_id)
+        self.run = wandb.init(
+            project=cfg.logger.project, entity=cfg.logger.entity,
+            group=cfg.logger.group or cfg.experiment_name, job_type=cfg.stage.name,
+            name=f"{cfg.experiment_name}-{cfg.stage.name}-{out.name}", tags=list(cfg.logger.tags),
+            config=resolved_config(cfg), dir=str(out), mode=self.mode, id=run_id,
+            resume="allow", reinit="finish_previous")
+
+    def log(self, metrics: dict, step: int | None = None) -> None:
+        self.run.log(metrics, step=step)
+
+    def log_table(self, name: str, columns: list[str], rows: list[list]) -> None:
+        import wandb
+        self.run.log({name: wandb.Table(columns=columns, data=rows)})
+
+    def finish(self, summary: dict | None = None) -> None:
+        for key, value in (summary or {}).items():
+            self.run.summary[key] = value
+        run_dir = Path(self.run.dir).parent
+        self.run.finish()
+        if self.mode == "offline":
+            print(f"W&B run saved offline in {run_dir}\n  upload it with: wandb sync {run_dir}")

@@ -1,0 +1,77 @@
+"""Bad input stops with one clear message naming the file/line/field and the fix, never a
+traceback from inside TRL; the bad rows are written out with their reasons."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+
+def _write(path, rows):
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return path
+
+
+GOOD = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]}
+
+
+@pytest.mark.parametrize("bad_row,expected", [
+    ({"text": "no messages here"}, r"train.jsonl:2: no `messages` field"),
+    ({"messages": [{"role": "bot", "content": "x"}]},
+     r"train.jsonl:2: `messages\[0\].role` is 'bot'; use one of system, user, assistant"),
+    ({"messages": []}, r"train.jsonl:2: `messages` is empty"),
+    ({"messages": [{"role": "user", "content": "only a question"}]},
+     r"train.jsonl:2: `messages` ends with a 'user' turn; it must end with 'assistant'"),
+    ({"messages": [{"role": "user", "content": 42}, {"role": "assistant", "content": "x"}]},
+     r"train.jsonl:2: `messages\[0\].content` must be text, not int"),
+    ('{"messages": [', r"train.jsonl:2: not valid JSON"),
+])
+def test_bad_sft_row(run_cli, tmp_path, bad_row, expected):
+    import re
+    train = _write(tmp_path / "train.jsonl", [GOOD, bad_row, GOOD])
+    result = run_cli(["stage=sft", "data=custom", f"data.sft_train={train}",
+                      f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
+    assert result.returncode == 2, result.output[-2000:]
+    assert "Traceback" not in result.output
+    error_lines = [l for l in result.output.splitlines() if l.startswith("rlhf: error:")]
+    assert len(error_lines) == 1 and re.search(expected, error_lines[0]), result.output[-2000:]
+    # the bad row is kept with its reason, not lost
+    listed = [json.loads(l) for l in open(tmp_path / "run" / "bad_rows.jsonl")]
+    assert len(listed) == 1 and listed[0]["where"].endswith("train.jsonl:2")
+
+
+def test_missing_data_file(run_cli, tmp_path):
+    result = run_cli(["stage=sft", "data=custom", f"data.sft_train={tmp_path}/nope.jsonl",
+                      f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.output
+    assert f"{tmp_path}/nope.jsonl: no such file or directory" in result.output
+
+
+def test_data_file_not_set(run_cli, tmp_path):
+    result = run_cli(["stage=sft", "data=custom", f"hydra.run.dir={tmp_path / 'run'}"],
+                     cwd=tmp_path)
+    assert result.returncode == 2
+    assert "stage=sft needs data.sft_train; set data.sft_train=" in result.output
+
+
+def test_empty_data_file(run_cli, tmp_path):
+    (tmp_path / "empty.jsonl").write_text("")
+    result = run_cli(["stage=sft", "data=custom", f"data.sft_train={tmp_path}/empty.jsonl",
+                      f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
+    assert result.returncode == 2 and "empty.jsonl: the file is empty" in result.output
+
+
+def test_model_path_does_not_exist(run_cli, tmp_path):
+    result = run_cli(["stage=sft", f"model.path={tmp_path}/no_model", "model.demo=null",
+                      f"hydra.run.dir={tmp_path / 'run'}", "debug=tiny"], cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.output
+    assert f"model.path={tmp_path}/no_model: no such directory" in result.output
+
+
+def test_bad_config_combination_stops_before_training(run_cli, tmp_path):
+    result = run_cli(["stage=sft", "stage.global_batch_size=30", "stage.per_device_batch_size=8",
+                      f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
+    assert result.returncode == 2
+    assert "stage.global_batch_size=30 is not divisible" in result.output
+    assert "Loading weights" not in result.output

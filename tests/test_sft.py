@@ -1,0 +1,82 @@
+"""SFT end to end through the real CLI on the tiny model, with W&B offline tracking."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from tests.wandb_file import run_summary
+
+SECRET_TAG = "hf_abcdefghijklmnopqrstuvwxyz0123456789"
+
+
+@pytest.fixture(scope="module")
+def sft_run(run_cli, tmp_path_factory):
+    cwd = tmp_path_factory.mktemp("sft")
+    run_dir = cwd / "run"
+    result = run_cli(["stage=sft", "logger=wandb", f"hydra.run.dir={run_dir}",
+                      "stage.learning_rate=2e-3", "stage.max_steps=30",
+                      "stage.global_batch_size=16", "stage.per_device_batch_size=8",
+                      "stage.logging_steps=5", "stage.max_length=128",
+                      "experiment_name=sft_test", f"logger.tags=[ci,{SECRET_TAG}]"],
+                     cwd=cwd, env={"WANDB_API_KEY": "", "NETRC": str(cwd / "no_netrc")})
+    assert result.returncode == 0, result.output[-3000:]
+    return run_dir, result.output
+
+
+def test_loss_finite_and_decreasing(sft_run):
+    run_dir, _ = sft_run
+    history = json.loads((run_dir / "log_history.json").read_text())
+    losses = [h["loss"] for h in history if "loss" in h]
+    assert len(losses) >= 5 and all(math.isfinite(x) for x in losses)
+    assert losses[-1] < 0.5 * losses[0]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert math.isfinite(metrics["eval/loss"])
+    assert metrics["eval/perplexity"] == pytest.approx(math.exp(metrics["eval/loss"]))
+    assert metrics["train/steps"] == 30
+
+
+def test_parameters_changed_and_checkpoint_reloads_and_generates(sft_run, cache_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    run_dir, _ = sft_run
+    base = AutoModelForCausalLM.from_pretrained(cache_dir / "demo_tiny")
+    tuned = AutoModelForCausalLM.from_pretrained(run_dir / "model")
+    assert (run_dir / "model" / "model.safetensors").exists()
+    changed = [not torch.equal(a, b) for a, b in
+               zip(base.state_dict().values(), tuned.state_dict().values())]
+    assert all(changed)
+    tokenizer = AutoTokenizer.from_pretrained(run_dir / "model")
+    assert "{% generation %}" in tokenizer.chat_template
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "How much is the Orbit Fan?"}],
+                                           add_generation_prompt=True, return_tensors="pt",
+                                           return_dict=True)
+    out = tuned.generate(**prompt, max_new_tokens=12, do_sample=False)
+    assert out.shape[1] > prompt["input_ids"].shape[1]
+
+
+def test_run_dir_has_resolved_config(sft_run):
+    run_dir, _ = sft_run
+    cfg = OmegaConf.load(run_dir / "config.yaml")
+    assert cfg.stage.learning_rate == 2e-3 and "${" not in (run_dir / "config.yaml").read_text()
+
+
+def test_wandb_offline_run_has_metrics_and_config_without_secrets(sft_run):
+    run_dir, output = sft_run
+    files = list(run_dir.glob("wandb/offline-run-*/run-*.wandb"))
+    assert len(files) == 1, "one W&B run per stage"
+    assert "wandb sync" in output  # offline: the user is told how to upload
+    run = run_summary(files[0])
+    assert run["run"]["project"] == "rlhf" and run["run"]["group"] == "sft_test"
+    assert run["run"]["job_type"] == "sft"
+    assert run["config"]["stage"]["learning_rate"] == 2e-3
+    assert run["config"]["model"]["name"] == "demo_tiny"
+    logged = {k for row in run["history"] for k in row}
+    assert {"train/loss", "train/lr", "train/grad_norm", "eval/loss"} <= logged
+    assert run["summary"]["eval/perplexity"] > 1
+    text = files[0].read_bytes()
+    assert SECRET_TAG.encode() not in text and b"ci" in text
