@@ -38,7 +38,7 @@ def test_every_yaml_composes(group, option):
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose(config_name="config", overrides=[f"{group}={option}"])
     OmegaConf.resolve(cfg)  # every interpolation resolves
-    assert OmegaConf.missing_keys(cfg) == set() or group == "data"
+    assert OmegaConf.missing_keys(cfg) == set()
     if group == "stage":
         assert cfg.stage.name == option
     if not (group == "stage" and option == "pipeline"):  # a bare pipeline has no steps

@@ -108,3 +108,11 @@ def test_rankings_are_ordered_by_the_oracle_with_ties(demo_dir):
         # equal scores share a rank, different scores do not
         for i in range(len(totals) - 1):
             assert (row["ranks"][i] == row["ranks"][i + 1]) == (totals[i] == totals[i + 1])
+
+
+def test_rlhf_data_cli_writes_the_demo(run_cli, tmp_path):
+    result = run_cli(["task=demo", f"out_dir={tmp_path / 'd'}", "demo.sft_train_size=20",
+                      f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path, module="data_tools.cli")
+    assert result.returncode == 0, result.output
+    assert len(_rows(tmp_path / "d" / "sft_train.jsonl")) == 20
+    assert "sft_train.jsonl  rows: 20" in result.output

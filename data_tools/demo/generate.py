@@ -1,6 +1,6 @@
 """Writes the built-in demo data set (DESIGN.md section 5) in the training formats of section 4.
 
-    rlhf-data demo.out_dir=/tmp/demo_data           # or implicitly: rlhf ... data=demo
+    rlhf-data task=demo out_dir=/tmp/demo_data      # or implicitly: rlhf ... data=demo
 
 Files: catalogue.json, sft_train.jsonl / sft_eval.jsonl (messages), rankings_train.jsonl /
 rankings_eval.jsonl (K ranked responses, best first, with ranks and oracle scores),

@@ -20,10 +20,6 @@ def max_steps(cfg) -> int:
     return cap if steps < 0 else min(steps, cap)
 
 
-def cap_rows(rows: list, cap: int | None) -> list:
-    return rows if cap is None else rows[:cap]
-
-
 def gradient_accumulation_steps(cfg) -> int:
     """The global batch is fixed by config; ranks and micro batches divide it."""
     stage = cfg.stage

@@ -17,33 +17,37 @@ import math
 from rlhf.data.loading import load_conversations, require
 from rlhf.distributed import is_main_process
 from rlhf.models.loading import (load_causal_lm, load_tokenizer, peft_config, prepare_inputs,
-                                 save_checkpoint)
-from rlhf.stages.common import StageRun, cap_rows, training_arguments
+                                 resolve_model_path, save_checkpoint)
+from rlhf.stages.common import StageRun, training_arguments
 from rlhf.tracking import hf_log_to_metrics
-from rlhf.tracking.callback import TrackerCallback
 
 
 def load_data(cfg, out):
-    import datasets
-
+    """Check every row before anything heavy is imported or loaded."""
     train_path = require(cfg.data.sft_train, "data.sft_train", "sft")
     train = load_conversations(train_path, cfg.debug.max_train_rows, bad_rows_dir=out)
     eval_rows = None
     if cfg.data.sft_eval:
         eval_rows = load_conversations(cfg.data.sft_eval, cfg.debug.max_eval_rows, out)
-    return (datasets.Dataset.from_list(train),
-            datasets.Dataset.from_list(eval_rows) if eval_rows else None)
+    return train, eval_rows
 
 
 def run(cfg) -> dict:
-    from trl import SFTConfig, SFTTrainer
-
     stage_run = StageRun(cfg)
     out, stage = stage_run.out, cfg.stage
     prepare_inputs(cfg)
+    train_rows, eval_rows = load_data(cfg, out)
+    resolve_model_path(cfg.model.path)  # a wrong path fails here, before the slow imports
+
+    import datasets
+    from trl import SFTConfig, SFTTrainer
+
+    from rlhf.tracking.callback import TrackerCallback
+
     tokenizer = load_tokenizer(cfg.model)
-    train_ds, eval_ds = load_data(cfg, out)
     model = load_causal_lm(cfg.model)
+    train_ds = datasets.Dataset.from_list(train_rows)
+    eval_ds = datasets.Dataset.from_list(eval_rows) if eval_rows else None
 
     args = SFTConfig(**training_arguments(cfg, out), max_length=stage.max_length,
                      assistant_only_loss=stage.assistant_only_loss, packing=stage.packing,

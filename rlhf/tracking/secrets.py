@@ -9,8 +9,10 @@ REDACTED = "***"
 # whole name parts only: `hf_token` is a secret, `max_new_tokens` and `tokenizer_path` are not
 _SECRET_KEY = re.compile(r"(^|_)(api_?key|secret(_key)?|access_key|private_key|token|password|"
                          r"passwd|credentials?|auth)$", re.I)
-_SECRET_VALUE = re.compile(r"^(hf_[A-Za-z0-9]{20,}|sk-[A-Za-z0-9_\-]{20,}|[0-9a-f]{40}|"
-                           r"local-[0-9a-f]{40,}|ghp_[A-Za-z0-9]{30,})$")
+_SECRET_TEXT = (r"(hf_[A-Za-z0-9]{20,}|sk-[A-Za-z0-9_\-]{20,}|\b[0-9a-f]{40}\b|"
+                r"local-[0-9a-f]{40,}|ghp_[A-Za-z0-9]{30,})")
+_SECRET_VALUE = re.compile(f"^{_SECRET_TEXT}$")
+_SECRET_IN_TEXT = re.compile(_SECRET_TEXT)
 
 
 def redact(node):
@@ -23,3 +25,11 @@ def redact(node):
     if isinstance(node, str) and _SECRET_VALUE.match(node.strip()):
         return REDACTED
     return node
+
+
+def redact_arg(arg: str) -> str:
+    """A command-line override with secrets removed: `hf_token=...` or any credential inside."""
+    key, sep, value = arg.partition("=")
+    if sep and _SECRET_KEY.search(key.split(".")[-1].lstrip("+~")):
+        return f"{key}={REDACTED}"
+    return _SECRET_IN_TEXT.sub(REDACTED, arg)

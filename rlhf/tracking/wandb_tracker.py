@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import netrc
 import os
+import sys
+import uuid
 from pathlib import Path
 
 from rlhf.config import WandbMode
 from rlhf.runs import resolved_config
+from rlhf.tracking.secrets import redact, redact_arg
 
 RUN_ID_FILE = "wandb_run_id"
 
@@ -32,17 +35,26 @@ def resolve_mode(mode: WandbMode) -> str:
 
 class WandbTracker:
     def __init__(self, cfg, out: Path):
-        import wandb
-
         self.mode = resolve_mode(cfg.logger.mode)
         id_file = out / RUN_ID_FILE
         # a resumed job finds the id it wrote before and continues the same W&B run
-        run_id = id_file.read_text().strip() if id_file.exists() else wandb.util.generate_id()
+        run_id = id_file.read_text().strip() if id_file.exists() else uuid.uuid4().hex[:8]
         id_file.write_text(run_id)
-        self.run = wandb.init(
+        # W&B records the command line in the run's metadata: hide secrets given there
+        argv, sys.argv = sys.argv, [sys.argv[0], *map(redact_arg, sys.argv[1:])]
+        try:
+            self.run = self._init(cfg, out, run_id)
+        finally:
+            sys.argv = argv
+
+    def _init(self, cfg, out: Path, run_id: str):
+        import wandb
+
+        return wandb.init(
             project=cfg.logger.project, entity=cfg.logger.entity,
             group=cfg.logger.group or cfg.experiment_name, job_type=cfg.stage.name,
-            name=f"{cfg.experiment_name}-{cfg.stage.name}-{out.name}", tags=list(cfg.logger.tags),
+            name=f"{cfg.experiment_name}-{cfg.stage.name}-{out.name}",
+            tags=redact(list(cfg.logger.tags)),
             config=resolved_config(cfg), dir=str(out), mode=self.mode, id=run_id,
             resume="allow", reinit="finish_previous")
 
