@@ -92,3 +92,17 @@ def test_redaction_of_configs_and_command_lines():
     assert redact_arg("+model.hf_token=abc") == "+model.hf_token=***"
     assert redact_arg(f"logger.tags=[ci,{SECRET_TAG}]") == "logger.tags=[ci,***]"
     assert redact_arg("stage.max_new_tokens=64") == "stage.max_new_tokens=64"
+
+
+def test_lora_sft_saves_merged_model_and_adapter(run_cli, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    run_dir = tmp_path / "lora"
+    result = run_cli(["stage=sft", "debug=tiny", "model.lora.enabled=true", "model.lora.r=4",
+                      "stage.learning_rate=1e-2", f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+    assert result.returncode == 0, result.output[-3000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert 0 < metrics["num_trainable_parameters"] < 0.2 * metrics["num_parameters"]
+    assert (run_dir / "model" / "adapter" / "adapter_config.json").exists()
+    merged = AutoModelForCausalLM.from_pretrained(run_dir / "model")
+    assert not any("lora" in name for name in merged.state_dict())

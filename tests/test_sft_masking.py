@@ -21,7 +21,9 @@ def test_labels_cover_exactly_the_assistant_tokens(cache_dir, tmp_path):
     batch = trainer.data_collator([trainer.train_dataset[0]])
     ids, labels = batch["input_ids"][0].tolist(), batch["labels"][0].tolist()
 
-    prompt_len = len(tokenizer.apply_chat_template(messages[:1], add_generation_prompt=True))
+    prompt_text = tokenizer.apply_chat_template(messages[:1], add_generation_prompt=True,
+                                                tokenize=False)
+    prompt_len = len(tokenizer(prompt_text, add_special_tokens=False)["input_ids"])
     answer = tokenizer(messages[1]["content"], add_special_tokens=False)["input_ids"]
     end = tokenizer.convert_tokens_to_ids("<|end|>")
     expected = [-100] * prompt_len + answer + [end]
