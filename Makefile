@@ -13,8 +13,12 @@ venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -c "import torch" 2>/dev/null || $(VENV)/bin/pip install $(TORCH_SPEC)
+	@# DeepSpeed compiles its CPU ops (shared-memory comm, CPU Adam) with g++ and ninja
+	command -v g++ >/dev/null || { apt-get update -qq && apt-get install -y -qq g++; }
 	$(VENV)/bin/pip install -e ".[dev]"
-	@command -v g++ >/dev/null || echo "warning: no g++: DeepSpeed cannot build its CPU extension"
+	@# build them once now (cached in ~/.cache/torch_extensions) instead of inside a test
+	DS_ACCELERATOR=cpu $(VENV)/bin/python -c "from deepspeed.ops.op_builder.cpu import \
+	  CPUAdamBuilder, ShareMemCommBuilder; CPUAdamBuilder().load(); ShareMemCommBuilder().load()"
 	touch $@
 
 # the built-in demo end to end: data, tiny model, SFT, oracle evaluation before and after

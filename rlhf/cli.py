@@ -18,7 +18,10 @@ import hydra
 from omegaconf import DictConfig
 
 from rlhf.config import register_configs, validate
+from rlhf.distributed import export_slurm_env, inside_distributed, world_size
+from rlhf.distributed.launch import launch_ranks, needs_launch, setup_distributed
 from rlhf.errors import UserError
+from rlhf.runs import read_metrics, run_dir
 
 # stage name -> module with `run(cfg) -> dict`; imported lazily (TRL takes seconds to import)
 STAGES = {
@@ -26,6 +29,9 @@ STAGES = {
     "eval": "rlhf.stages.eval",
     "pipeline": "rlhf.stages.pipeline",
 }
+# stages that run in one process whatever distributed.nproc_per_node says (the pipeline's
+# steps start their own ranks; evaluation generates on one device)
+SINGLE_PROCESS_STAGES = {"pipeline", "eval"}
 
 # conf/ sits beside the package in the repository (installed with `pip install -e .`); an
 # absolute path works whether Hydra sees us as a script, a module or a console script
@@ -36,11 +42,20 @@ register_configs()
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
 def main(cfg: DictConfig) -> dict:
+    export_slurm_env()  # under srun, speak torchrun's variables from here on
     try:
-        validate(cfg)
+        # every check happens here, before any rank starts or any model loads
+        validate(cfg, world_size() if inside_distributed() else None)
         if cfg.stage.name not in STAGES:
             raise UserError(f"stage.name={cfg.stage.name!r} has no implementation; "
                             f"known stages: {', '.join(STAGES)}")
+        if cfg.stage.name not in SINGLE_PROCESS_STAGES and needs_launch(cfg):
+            code = launch_ranks(cfg)
+            if code:
+                sys.exit(code)
+            return read_metrics(run_dir())
+        if inside_distributed():
+            setup_distributed(cfg)
         return importlib.import_module(STAGES[cfg.stage.name]).run(cfg)
     except UserError as err:
         # one clear line instead of a traceback from deep inside a library

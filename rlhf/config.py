@@ -33,6 +33,12 @@ class Precision(str, Enum):
     fp16 = "fp16"
 
 
+class Backend(str, Enum):
+    none = "none"  # one process
+    ddp = "ddp"  # torch DistributedDataParallel
+    deepspeed = "deepspeed"
+
+
 class LoggerBackend(str, Enum):
     none = "none"
     wandb = "wandb"
@@ -115,6 +121,14 @@ class TrainStageConfig:
     # 0: evaluate once, at the end
     eval_steps: int = 0
     gradient_checkpointing: bool = False
+    # also save a resumable checkpoint (with DeepSpeed's sharded state) every N steps;
+    # 0: only at the end
+    save_every_steps: int = 0
+    # resumable checkpoints kept in <run dir>/trainer
+    keep_checkpoints: int = 1
+    # continue from the newest checkpoint in <run dir>/trainer (rerun with the same
+    # hydra.run.dir); the W&B run continues too
+    resume: bool = False
 
 
 @dataclass
@@ -166,10 +180,38 @@ class PipelineConfig:
 
 # ---------------------------------------------------------------- infrastructure
 @dataclass
+class ZeroConfig:
+    """DeepSpeed ZeRO knobs (https://www.deepspeed.ai/docs/config-json/#zero-optimizations)."""
+    # 0: plain data parallel; 1: shard optimizer state; 2: + gradients; 3: + parameters
+    stage: int = 0
+    # keep optimizer state (and, at stage 3, parameters) in CPU memory
+    offload_optimizer: bool = False
+    offload_params: bool = False
+    # overlap gradient reduction with the backward pass
+    overlap_comm: bool = True
+    contiguous_gradients: bool = True
+    # elements per communication bucket: larger is faster, smaller saves memory
+    reduce_bucket_size: int = 500_000_000
+    allgather_bucket_size: int = 500_000_000
+    stage3_prefetch_bucket_size: int = 50_000_000
+    # parameters smaller than this stay whole on every rank under ZeRO-3
+    stage3_param_persistence_threshold: int = 100_000
+    stage3_max_live_parameters: int = 1_000_000_000
+    # under ZeRO-3, gather the shards into one 16-bit Hugging Face checkpoint on save
+    stage3_gather_16bit_weights_on_model_save: bool = True
+
+
+@dataclass
 class DistributedConfig:
     name: str = MISSING
+    backend: Backend = Backend.none
+    # ranks started on this node by `rlhf` itself (through torchrun) when not already inside
+    # torchrun or srun
     nproc_per_node: int = 1
     precision: Precision = Precision.fp32
+    # torch.distributed backend; null: nccl on GPU, gloo on CPU
+    dist_backend: Optional[str] = None
+    zero: ZeroConfig = field(default_factory=ZeroConfig)
 
 
 @dataclass
@@ -218,24 +260,53 @@ def register_configs() -> None:
         cs.store(group=group, name="schema", node=node)
 
 
-def validate(cfg: Any) -> None:
-    """Cross-field checks; each error (a ValueError) names the field and how to fix it."""
-    stage = cfg.stage
-    if stage.name == "pipeline" and not cfg.pipeline.steps:
+def validate(cfg: Any, world: int | None = None) -> None:
+    """Cross-field checks; each error (a ValueError) names the field and how to fix it.
+
+    `world` is the number of ranks when already inside torchrun/srun; otherwise the ranks
+    that `rlhf` will start (distributed.nproc_per_node)."""
+    world = world or cfg.distributed.nproc_per_node
+    if cfg.stage.name == "pipeline" and not cfg.pipeline.steps:
         raise ConfigError("stage=pipeline needs pipeline.steps; use an experiment that defines "
-                         "them, e.g. `rlhf experiment=demo`")
-    if hasattr(stage, "global_batch_size"):
-        world = cfg.distributed.nproc_per_node
-        per_step = stage.per_device_batch_size * world
-        if stage.global_batch_size % per_step:
-            raise ConfigError(
-                f"stage.global_batch_size={stage.global_batch_size} is not divisible by "
-                f"stage.per_device_batch_size={stage.per_device_batch_size} x "
-                f"{world} rank(s) = {per_step}; choose a multiple of {per_step}")
-        if not 0 <= stage.warmup_ratio < 1:
-            raise ConfigError(f"stage.warmup_ratio={stage.warmup_ratio} must be in [0, 1)")
-        if getattr(stage, "padding_free", False) and not stage.packing:
-            raise ConfigError("stage.padding_free=true does not truncate rows to stage.max_length "
-                             "by itself; also set stage.packing=true")
-        if stage.max_steps == 0:
-            raise ConfigError("stage.max_steps=0 trains nothing; use -1 (epochs) or a positive count")
+                          "them, e.g. `rlhf experiment=demo`")
+    validate_distributed(cfg.distributed)
+    if hasattr(cfg.stage, "global_batch_size"):
+        validate_training(cfg.stage, world)
+
+
+def validate_distributed(dist: Any) -> None:
+    zero, deepspeed = dist.zero, dist.backend == Backend.deepspeed
+    if dist.nproc_per_node < 1:
+        raise ConfigError(f"distributed.nproc_per_node={dist.nproc_per_node} must be at least 1")
+    if dist.nproc_per_node > 1 and dist.backend == Backend.none:
+        raise ConfigError(f"distributed={dist.name} runs one process, but "
+                          f"distributed.nproc_per_node={dist.nproc_per_node}; choose "
+                          "distributed=ddp or distributed=zero1/zero2/zero3")
+    if zero.stage not in (0, 1, 2, 3):
+        raise ConfigError(f"distributed.zero.stage={zero.stage}: ZeRO stages are 0, 1, 2 and 3")
+    if not deepspeed and (zero.stage or zero.offload_optimizer or zero.offload_params):
+        raise ConfigError(f"distributed.zero.* is set but distributed.backend={dist.backend.value};"
+                          " use distributed=zero1/zero2/zero3/zero3_offload for DeepSpeed")
+    if zero.offload_optimizer and zero.stage < 2:
+        raise ConfigError(f"distributed.zero.offload_optimizer=true needs ZeRO stage 2 or 3, but "
+                          f"distributed.zero.stage={zero.stage}; use distributed=zero2 or "
+                          "distributed=zero3_offload")
+    if zero.offload_params and zero.stage != 3:
+        raise ConfigError(f"distributed.zero.offload_params=true needs ZeRO stage 3, but "
+                          f"distributed.zero.stage={zero.stage}; use distributed=zero3_offload")
+
+
+def validate_training(stage: Any, world: int) -> None:
+    per_step = stage.per_device_batch_size * world
+    if stage.global_batch_size % per_step:
+        raise ConfigError(
+            f"stage.global_batch_size={stage.global_batch_size} is not divisible by "
+            f"stage.per_device_batch_size={stage.per_device_batch_size} x "
+            f"{world} rank(s) = {per_step}; choose a multiple of {per_step}")
+    if not 0 <= stage.warmup_ratio < 1:
+        raise ConfigError(f"stage.warmup_ratio={stage.warmup_ratio} must be in [0, 1)")
+    if getattr(stage, "padding_free", False) and not stage.packing:
+        raise ConfigError("stage.padding_free=true does not truncate rows to stage.max_length "
+                          "by itself; also set stage.packing=true")
+    if stage.max_steps == 0:
+        raise ConfigError("stage.max_steps=0 trains nothing; use -1 (epochs) or a positive count")

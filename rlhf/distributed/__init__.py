@@ -1,16 +1,54 @@
-"""Rank environment: torchrun (RANK/WORLD_SIZE) or Slurm (SLURM_PROCID/SLURM_NTASKS)."""
+"""Rank environment: torchrun (RANK/WORLD_SIZE/LOCAL_RANK) or Slurm's srun (SLURM_PROCID/
+SLURM_NTASKS/SLURM_LOCALID). One process per device; rank 0 writes shared files and logs."""
 
 from __future__ import annotations
 
 import os
+import re
+import subprocess
+
+
+def export_slurm_env(environ=os.environ) -> None:
+    """Under `srun` (one task per device) there is no torchrun: translate Slurm's variables
+    into the ones torch.distributed reads. Does nothing outside a multi-task Slurm step."""
+    if "RANK" in environ or int(environ.get("SLURM_NTASKS", "1")) <= 1 \
+            or "SLURM_PROCID" not in environ:
+        return
+    environ["RANK"] = environ["SLURM_PROCID"]
+    environ["WORLD_SIZE"] = environ["SLURM_NTASKS"]
+    environ["LOCAL_RANK"] = environ.get("SLURM_LOCALID", "0")
+    environ.setdefault("MASTER_ADDR", first_slurm_host(environ.get("SLURM_JOB_NODELIST",
+                                                                   "127.0.0.1")))
+    # the same port on every task of the job, different across jobs sharing a node
+    environ.setdefault("MASTER_PORT", str(20000 + int(environ.get("SLURM_JOB_ID", "0")) % 20000))
+
+
+def first_slurm_host(nodelist: str) -> str:
+    try:
+        out = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True,
+                             text=True, check=True).stdout
+        return out.split()[0]
+    except (OSError, subprocess.CalledProcessError, IndexError):
+        # "node[01-04],other" -> "node01" without scontrol
+        match = re.match(r"([^\[,]+)(?:\[(\d+))?", nodelist)
+        return match.group(1) + (match.group(2) or "") if match else "127.0.0.1"
+
+
+def inside_distributed() -> bool:
+    """Already started by torchrun or srun (after export_slurm_env)."""
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
 def rank() -> int:
-    return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")))
+    return int(os.environ.get("RANK", "0"))
+
+
+def local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", "0"))
 
 
 def world_size() -> int:
-    return int(os.environ.get("WORLD_SIZE", os.environ.get("SLURM_NTASKS", "1")))
+    return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def is_main_process() -> bool:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from data_tools.demo.generate import ensure_demo_data
 from rlhf.errors import ModelLoadError
+from rlhf.models.demo_tiny import MANIFEST as DEMO_MANIFEST
 from rlhf.models.demo_tiny import ensure_demo_model
 
 CHECKPOINT_SUBDIR = "model"
@@ -22,8 +23,10 @@ def prepare_inputs(cfg) -> None:
 
     if cfg.data.demo is not None:
         ensure_demo_data(cfg.data.dir, OmegaConf.to_object(cfg.data.demo))
-    if cfg.model.demo is not None and not Path(cfg.model.path).exists():
-        ensure_demo_model(cfg.model.path, OmegaConf.to_object(cfg.model.demo))
+    path = Path(cfg.model.path)
+    # build (or rebuild for a changed spec) unless `path` is a trained model, e.g. an SFT run
+    if cfg.model.demo is not None and (not path.exists() or (path / DEMO_MANIFEST).exists()):
+        ensure_demo_model(path, OmegaConf.to_object(cfg.model.demo))
 
 
 def _looks_local(path: str) -> bool:
@@ -97,18 +100,3 @@ def peft_config(model_cfg):
     return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                       target_modules="all-linear" if targets == ["all-linear"] else targets,
                       task_type="CAUSAL_LM")
-
-
-def save_checkpoint(model, tokenizer, out: Path) -> Path:
-    """Write `<out>/model` atomically as a plain checkpoint (LoRA adapters merged in; the
-    adapter alone goes to `<out>/model/adapter`), loadable with `from_pretrained`."""
-    from data_tools.io import atomic_dir
-
-    final = out / CHECKPOINT_SUBDIR
-    with atomic_dir(final) as tmp:
-        if hasattr(model, "merge_and_unload"):  # a peft model
-            model.save_pretrained(tmp / "adapter")
-            model = model.merge_and_unload()
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-    return final

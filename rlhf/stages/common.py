@@ -3,12 +3,16 @@ fields, and the start and end of every stage (config, tracker, metrics.json)."""
 
 from __future__ import annotations
 
+import os
+import shutil
 import time
 from pathlib import Path
 
 from rlhf import runs
-from rlhf.config import Precision
+from rlhf.config import Backend, Precision
 from rlhf.distributed import is_main_process, world_size
+from rlhf.distributed.deepspeed_config import deepspeed_config
+from rlhf.models.loading import CHECKPOINT_SUBDIR
 from rlhf.tracking import make_tracker
 
 
@@ -32,6 +36,7 @@ def training_arguments(cfg, out: Path) -> dict:
 
     stage = cfg.stage
     precision = cfg.distributed.precision
+    on_gpu = torch.cuda.is_available()
     return dict(
         output_dir=str(out / "trainer"),
         seed=stage.seed,
@@ -50,14 +55,21 @@ def training_arguments(cfg, out: Path) -> dict:
         logging_first_step=True,
         eval_strategy="steps" if stage.eval_steps > 0 else "no",
         eval_steps=stage.eval_steps if stage.eval_steps > 0 else None,
-        save_strategy="no",
+        # resumable checkpoints (optimizer, scheduler, RNG and, under DeepSpeed, its sharded
+        # state) in <run dir>/trainer; with "steps" the trainer also saves at the end
+        save_strategy="steps",
+        save_steps=stage.save_every_steps or 1_000_000_000,
+        save_total_limit=stage.keep_checkpoints,
+        deepspeed=deepspeed_config(cfg.distributed, stage, world_size(), on_gpu),
+        ddp_backend=(cfg.distributed.dist_backend or (None if on_gpu else "gloo"))
+        if world_size() > 1 else None,
         # our TrackerCallback logs under the shared metric names; no second W&B run from HF
         report_to="none",
         bf16=precision == Precision.bf16,
         fp16=precision == Precision.fp16,
         activation_checkpointing=stage.gradient_checkpointing,
         # without it, TRL computes "auto" batch sizes for one process on CPU (DESIGN.md 8)
-        use_cpu=not torch.cuda.is_available(),
+        use_cpu=not on_gpu,
         dataloader_num_workers=0,
     )
 
@@ -79,3 +91,42 @@ class StageRun:
             runs.write_metrics(self.out, metrics)
         self.tracker.finish(summary=metrics)
         return metrics
+
+
+def train(trainer, cfg, out: Path):
+    """trainer.train(), resuming from the newest checkpoint in <run dir>/trainer if asked."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    checkpoints = out / "trainer"
+    last = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
+    if cfg.stage.resume and last is None and is_main_process():
+        print(f"rlhf: stage.resume=true but {checkpoints} holds no checkpoint; starting fresh")
+    return trainer.train(resume_from_checkpoint=last if cfg.stage.resume else None)
+
+
+def save_final_model(trainer, tokenizer, cfg, out: Path) -> Path:
+    """Write the Hugging Face checkpoint `<run dir>/model` (written aside, then renamed).
+
+    Every rank calls this: under ZeRO-3 saving gathers the parameter shards, a collective.
+    LoRA adapters are merged into a plain checkpoint (the adapter alone goes to
+    model/adapter); under ZeRO-3 the adapter is saved as it is."""
+    import torch.distributed as dist
+
+    final, tmp = out / CHECKPOINT_SUBDIR, out / ".tmp-model"
+    zero3 = cfg.distributed.backend == Backend.deepspeed and cfg.distributed.zero.stage == 3
+    if is_main_process() and tmp.exists():
+        shutil.rmtree(tmp)
+    if hasattr(trainer.model, "merge_and_unload") and not zero3:
+        if is_main_process():
+            trainer.model.save_pretrained(tmp / "adapter")
+            trainer.model.merge_and_unload().save_pretrained(tmp, safe_serialization=True)
+    else:
+        trainer.save_model(str(tmp))
+    if is_main_process():
+        tokenizer.save_pretrained(tmp)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    if dist.is_initialized():
+        dist.barrier()
+    return final

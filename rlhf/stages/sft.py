@@ -17,8 +17,8 @@ import math
 from rlhf.data.loading import load_conversations, require
 from rlhf.distributed import is_main_process
 from rlhf.models.loading import (load_causal_lm, load_tokenizer, peft_config, prepare_inputs,
-                                 resolve_model_path, save_checkpoint)
-from rlhf.stages.common import StageRun, training_arguments
+                                 resolve_model_path)
+from rlhf.stages.common import StageRun, save_final_model, train, training_arguments
 from rlhf.tracking import hf_log_to_metrics
 
 
@@ -32,6 +32,14 @@ def load_data(cfg, out):
     return train, eval_rows
 
 
+def parameter_counts(model) -> dict:
+    # under ZeRO-3 a rank holds only a shard; DeepSpeed records the full size in ds_numel
+    numel = lambda p: getattr(p, "ds_numel", p.numel())  # noqa: E731
+    return {"num_parameters": sum(numel(p) for p in model.parameters()),
+            "num_trainable_parameters": sum(numel(p) for p in model.parameters()
+                                            if p.requires_grad)}
+
+
 def run(cfg) -> dict:
     stage_run = StageRun(cfg)
     out, stage = stage_run.out, cfg.stage
@@ -42,6 +50,7 @@ def run(cfg) -> dict:
     import datasets
     from trl import SFTConfig, SFTTrainer
 
+    from rlhf.distributed.memory import StateMemoryCallback, memory_metrics
     from rlhf.tracking.callback import TrackerCallback
 
     tokenizer = load_tokenizer(cfg.model)
@@ -52,26 +61,25 @@ def run(cfg) -> dict:
     args = SFTConfig(**training_arguments(cfg, out), max_length=stage.max_length,
                      assistant_only_loss=stage.assistant_only_loss, packing=stage.packing,
                      padding_free=stage.padding_free, dataset_num_proc=cfg.data.num_proc)
+    memory = StateMemoryCallback()
     trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
                          processing_class=tokenizer, peft_config=peft_config(cfg.model),
-                         callbacks=[TrackerCallback(stage_run.tracker)])
-    train_result = trainer.train()
+                         callbacks=[TrackerCallback(stage_run.tracker), memory])
+    train_result = train(trainer, cfg, out)
 
     metrics = {"train/loss": train_result.training_loss,
                "train_runtime_s": train_result.metrics["train_runtime"],
                "train/samples_per_second": train_result.metrics["train_samples_per_second"],
                "train/steps": trainer.state.global_step,
-               "num_parameters": sum(p.numel() for p in trainer.model.parameters()),
-               "num_trainable_parameters": sum(p.numel() for p in trainer.model.parameters()
-                                               if p.requires_grad)}
+               **parameter_counts(trainer.model), **memory_metrics(memory)}
     if eval_ds is not None:
         eval_metrics = hf_log_to_metrics(trainer.evaluate())
         eval_metrics["eval/perplexity"] = math.exp(min(eval_metrics["eval/loss"], 50.0))
         stage_run.tracker.log(eval_metrics, step=trainer.state.global_step)
         metrics.update(eval_metrics)
 
+    save_final_model(trainer, tokenizer, cfg, out)
     if is_main_process():
-        save_checkpoint(trainer.model, tokenizer, out)
         with open(out / "log_history.json", "w", encoding="utf-8") as f:
             json.dump(trainer.state.log_history, f, indent=1)
     return stage_run.finish(metrics)

@@ -1,0 +1,88 @@
+"""SFT of the demo on 2 ranks under ddp, zero2, zero3 and zero3_offload, side by side.
+
+    python benchmarks/zero_memory.py                  # a 25 M-parameter demo Llama, 10 steps
+    python benchmarks/zero_memory.py --hidden 128 --layers 4 --steps 30   # the tiny model
+
+Prints samples/s, peak resident memory per rank, and the bytes of parameters, gradients and
+optimizer state that each rank holds (measured inside the run after the first optimizer step;
+see rlhf/distributed/memory.py). ZeRO-3 should hold about 1/N of the full state per rank.
+On CPU every rank runs with gloo and DS_ACCELERATOR=cpu.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+CONFIGS = ["ddp", "zero2", "zero3", "zero3_offload"]
+
+
+def run(name: str, args, work: Path) -> dict:
+    run_dir = work / name
+    cmd = [sys.executable, "-m", "rlhf.cli", "stage=sft", f"distributed={name}",
+           f"distributed.nproc_per_node={args.nproc}", f"stage.max_steps={args.steps}",
+           "stage.learning_rate=1e-3", f"stage.global_batch_size={args.global_batch}",
+           f"stage.per_device_batch_size={args.global_batch // args.nproc}",
+           "stage.max_length=128", "stage.logging_steps=1000", "data.sft_eval=null",
+           f"model.path={work / 'model'}", f"model.demo.hidden_size={args.hidden}",
+           f"model.demo.intermediate_size={args.hidden * 8 // 3}",
+           f"model.demo.num_hidden_layers={args.layers}",
+           f"model.demo.num_attention_heads={max(1, args.hidden // 64)}",
+           f"hydra.run.dir={run_dir}"]
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if proc.returncode:
+        sys.exit(f"{name} failed:\n{proc.stdout[-4000:]}")
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
+def mib(n: float) -> str:
+    return f"{n / 2**20:9.1f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--hidden", type=int, default=512)
+    parser.add_argument("--layers", type=int, default=8)
+    parser.add_argument("--nproc", type=int, default=2)
+    parser.add_argument("--global-batch", type=int, default=16)
+    parser.add_argument("--configs", nargs="+", default=CONFIGS)
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="rlhf-bench-") as tmp:
+        results = {name: run(name, args, Path(tmp)) for name in args.configs}
+    params = next(iter(results.values()))["num_parameters"]
+    print(f"\nSFT, demo data, {params / 1e6:.1f} M parameters, {args.nproc} ranks, "
+          f"{args.steps} steps, global batch {args.global_batch}, fp32, "
+          f"{'GPU' if os.environ.get('CUDA_VISIBLE_DEVICES') else 'CPU'}\n")
+    header = (f"{'config':15}{'samples/s':>10}  per rank (MiB): {'params':>9}{'grads':>9}"
+              f"{'optimizer':>10}{'state sum':>10}{'peak RSS':>10}")
+    print(header)
+    for name, m in results.items():
+        for r in range(args.nproc):
+            key = lambda k: m.get(f"memory/rank{r}_{k}", 0)  # noqa: E731
+            state = key("param_bytes") + key("grad_bytes") + key("optimizer_bytes")
+            label = name if r == 0 else ""
+            speed = f"{m['train/samples_per_second']:10.1f}" if r == 0 else " " * 10
+            print(f"{label:15}{speed}  rank {r}:         {mib(key('param_bytes'))}"
+                  f"{mib(key('grad_bytes'))}{mib(key('optimizer_bytes'))} {mib(state)}"
+                  f" {mib(key('peak_rss_bytes'))}")
+    base = results.get("ddp")
+    if base:
+        full = sum(base[f"memory/rank0_{k}"] for k in ("param_bytes", "grad_bytes",
+                                                       "optimizer_bytes"))
+        print("\nstate per rank relative to ddp:")
+        for name, m in results.items():
+            state = sum(m.get(f"memory/rank0_{k}", 0) for k in ("param_bytes", "grad_bytes",
+                                                                 "optimizer_bytes"))
+            print(f"  {name:15}{state / full:6.2f}")
+
+
+if __name__ == "__main__":
+    main()
