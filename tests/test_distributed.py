@@ -74,7 +74,7 @@ def test_ranks_share_one_run_dir_one_metrics_one_wandb_run(runs):
     run_dir, output = runs["zero3"]
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["train/steps"] == 6
-    wandb_files = list(run_dir.glob("wandb/*/run-*.wandb"))
+    wandb_files = list(run_dir.glob("wandb/offline-run-*/run-*.wandb"))
     assert len(wandb_files) == 1
     run = run_summary(wandb_files[0])
     assert run["config"]["distributed"]["zero"]["stage"] == 3
