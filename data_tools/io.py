@@ -48,3 +48,19 @@ def file_lock(path: str | os.PathLike):
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def build_once(out_dir: str | os.PathLike, spec: dict, manifest: str, build) -> Path:
+    """Run `build(out_dir)` unless `out_dir/manifest` records the same `spec`.
+
+    Shared cached artefacts (the demo data, the tiny model) are built by one process at a
+    time; a changed spec rebuilds, so a run never uses stale files."""
+    import json
+
+    out_dir = Path(out_dir)
+    with file_lock(out_dir.with_name(out_dir.name + ".lock")):
+        recorded = out_dir / manifest
+        if recorded.exists() and json.loads(recorded.read_text()) == spec:
+            return out_dir
+        build(out_dir)
+        return out_dir

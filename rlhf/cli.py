@@ -11,6 +11,7 @@ the cross-field checks and hand the config to `STAGES[cfg.stage.name].run(cfg)`.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from rlhf.config import register_configs, validate
 from rlhf.distributed import export_slurm_env, inside_distributed, world_size
 from rlhf.distributed.launch import launch_ranks, needs_launch, setup_distributed
 from rlhf.errors import UserError
+from rlhf.models.loading import prepare_inputs
 from rlhf.runs import read_metrics, run_dir
 
 # stage name -> module with `run(cfg) -> dict`; imported lazily (TRL takes seconds to import)
@@ -54,10 +56,15 @@ def main(cfg: DictConfig) -> dict:
             if code:
                 sys.exit(code)
             return read_metrics(run_dir())
+        # the demo data and tiny model are built before the process group exists:
+        # transformers only writes files on rank 0 once it does
+        prepare_inputs(cfg)
         if inside_distributed():
             setup_distributed(cfg)
         return importlib.import_module(STAGES[cfg.stage.name]).run(cfg)
     except UserError as err:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise  # the user asked for tracebacks
         # one clear line instead of a traceback from deep inside a library
         print(f"rlhf: error: {err}", file=sys.stderr)
         sys.exit(2)

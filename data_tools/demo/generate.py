@@ -14,13 +14,12 @@ import dataclasses
 import json
 import os
 import random
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from data_tools.demo import catalogue as cat
 from data_tools.demo.oracle import score
-from data_tools.io import atomic_dir, file_lock
+from data_tools.io import atomic_dir, build_once
 
 MANIFEST = "demo_manifest.json"
 
@@ -126,15 +125,7 @@ def generate_demo(out_dir: str | os.PathLike, spec: DemoSpec) -> Path:
 
 
 def ensure_demo_data(out_dir: str | os.PathLike, spec: DemoSpec) -> Path:
-    """Generate the demo set once; later calls (and other ranks) reuse it.
-
-    A directory made from a different spec is regenerated, so changing `data.demo.*` never
-    trains on stale files."""
-    out_dir = Path(out_dir)
-    with file_lock(out_dir.with_name(out_dir.name + ".lock")):
-        manifest = out_dir / MANIFEST
-        if manifest.exists() and json.loads(manifest.read_text()) == dataclasses.asdict(spec):
-            return out_dir
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        return generate_demo(out_dir, spec)
+    """Generate the demo set once; later calls (and other ranks) reuse it. A directory made
+    from a different spec is regenerated, so changing `data.demo.*` never trains on stale files."""
+    return build_once(out_dir, dataclasses.asdict(spec), MANIFEST,
+                      lambda path: generate_demo(path, spec))

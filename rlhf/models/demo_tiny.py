@@ -15,7 +15,7 @@ from pathlib import Path
 
 from data_tools.demo import catalogue as cat
 from data_tools.demo.generate import prompt_rows, ranking_rows, sft_rows
-from data_tools.io import atomic_dir, file_lock
+from data_tools.io import atomic_dir, build_once
 
 MANIFEST = "rlhf_demo_model.json"
 END_OF_TURN = "<|end|>"
@@ -106,9 +106,5 @@ def build_demo_model(out_dir: str | Path, spec: DemoModelSpec) -> Path:
 
 def ensure_demo_model(out_dir: str | Path, spec: DemoModelSpec) -> Path:
     """Build the tiny model at `out_dir` unless a build of the same spec is already there."""
-    out_dir = Path(out_dir)
-    with file_lock(out_dir.with_name(out_dir.name + ".lock")):
-        manifest = out_dir / MANIFEST
-        if manifest.exists() and json.loads(manifest.read_text()) == dataclasses.asdict(spec):
-            return out_dir
-        return build_demo_model(out_dir, spec)
+    return build_once(out_dir, dataclasses.asdict(spec), MANIFEST,
+                      lambda path: build_demo_model(path, spec))

@@ -19,7 +19,7 @@ from data_tools.demo.oracle import Oracle
 from rlhf.data.loading import load_prompts, require
 from rlhf.distributed import is_main_process
 from rlhf.models.generation import generate_answers
-from rlhf.models.loading import load_causal_lm, load_tokenizer, prepare_inputs
+from rlhf.models.loading import load_causal_lm, load_tokenizer
 from rlhf.stages.common import StageRun
 
 
@@ -46,7 +46,6 @@ def score_answers(oracle: Oracle, rows: list[dict], answers: list[str], mode: st
 def run(cfg) -> dict:
     stage_run = StageRun(cfg)
     stage, out = cfg.stage, stage_run.out
-    prepare_inputs(cfg)
     tokenizer = load_tokenizer(cfg.model)
     model = load_causal_lm(cfg.model)
     caps = [c for c in (stage.max_prompts or None, cfg.debug.max_eval_rows) if c]

@@ -16,7 +16,7 @@ import math
 
 from rlhf.data.loading import load_conversations, require
 from rlhf.distributed import is_main_process
-from rlhf.models.loading import (load_causal_lm, load_tokenizer, peft_config, prepare_inputs,
+from rlhf.models.loading import (load_causal_lm, load_tokenizer, peft_config,
                                  resolve_model_path)
 from rlhf.stages.common import StageRun, save_final_model, train, training_arguments
 from rlhf.tracking import hf_log_to_metrics
@@ -43,7 +43,6 @@ def parameter_counts(model) -> dict:
 def run(cfg) -> dict:
     stage_run = StageRun(cfg)
     out, stage = stage_run.out, cfg.stage
-    prepare_inputs(cfg)
     train_rows, eval_rows = load_data(cfg, out)
     resolve_model_path(cfg.model.path)  # a wrong path fails here, before the slow imports
 
