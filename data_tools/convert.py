@@ -1,0 +1,101 @@
+"""Conversion of clean records into the training formats (DESIGN.md section 4, TRL's formats):
+conversations -> SFT `messages`; rankings -> preference pairs (and, unchanged, rankings for
+K-wise reward models); every record -> its prompt, for PPO/GRPO.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from pathlib import Path
+
+from data_tools.records import CONVERSATION, PAIR, RANKING, Record
+
+SETS = ("sft", "pairs", "rankings", "prompts")
+
+
+def ranking_pairs(ranking: dict, mode: str) -> list[dict]:
+    """Preference pairs from K ranked responses (rank 1 = best).
+
+    mode "all": every C(K,2) pair with different ranks; "adjacent": only responses on
+    neighbouring rank levels. Ties give no pair. With scores, the margin is their difference.
+    """
+    responses, ranks = ranking["responses"], ranking["ranks"]
+    scores = ranking.get("scores")
+    levels = sorted(set(ranks))
+    pairs = []
+    for i, j in itertools.combinations(range(len(responses)), 2):
+        if ranks[i] == ranks[j]:
+            continue
+        better, worse = (i, j) if ranks[i] < ranks[j] else (j, i)
+        if mode == "adjacent" and levels.index(ranks[worse]) - levels.index(ranks[better]) != 1:
+            continue
+        pair = {"prompt": ranking["prompt"], "chosen": [responses[better]],
+                "rejected": [responses[worse]], "margin": None}
+        if scores is not None:
+            pair["margin"] = scores[better] - scores[worse]
+        pairs.append(pair)
+    return pairs
+
+
+def prompt_of_conversation(messages: list[dict]) -> list[dict]:
+    """Everything before the final assistant answer."""
+    return messages[:-1] if messages and messages[-1]["role"] == "assistant" else messages
+
+
+class OutputWriter:
+    """JSONL per set and split, opened when first written; prompts are written once each."""
+
+    def __init__(self, out_dir: Path, cfg):
+        self.out_dir, self.cfg = Path(out_dir), cfg
+        self.files: dict[tuple[str, str], object] = {}
+        self.counts: dict[str, dict[str, int]] = {s: {} for s in SETS}
+        self.prompts_seen: set[bytes] = set()
+
+    def _emit(self, name: str, split: str, row: dict) -> None:
+        key = (name, split)
+        if key not in self.files:
+            (self.out_dir / name).mkdir(parents=True, exist_ok=True)
+            self.files[key] = open(self.out_dir / name / f"{split}.jsonl", "w", encoding="utf-8")
+        self.files[key].write(json.dumps(row, ensure_ascii=False) + "\n")
+        self.counts[name][split] = self.counts[name].get(split, 0) + 1
+
+    def _prompt(self, prompt: list[dict], split: str) -> None:
+        digest = hashlib.blake2b(json.dumps(prompt, sort_keys=True).encode("utf-8"),
+                                 digest_size=8).digest()
+        if prompt and digest not in self.prompts_seen:
+            self.prompts_seen.add(digest)
+            self._emit("prompts", split, {"prompt": prompt})
+
+    def write(self, record: Record, split: str) -> None:
+        d = record.data
+        if record.kind == CONVERSATION:
+            self._emit("sft", split, {"messages": d["messages"]})
+            self._prompt(prompt_of_conversation(d["messages"]), split)
+        elif record.kind == RANKING:
+            self._emit("rankings", split, {"prompt": d["prompt"], "responses": d["responses"],
+                                           "ranks": d["ranks"], "scores": d.get("scores")})
+            for pair in ranking_pairs(d, self.cfg.pairs.mode):
+                self._emit("pairs", split, pair)
+            self._prompt(d["prompt"], split)
+        elif record.kind == PAIR:
+            self._emit("pairs", split, {"prompt": d["prompt"], "chosen": [d["chosen"]],
+                                        "rejected": [d["rejected"]], "margin": d.get("margin")})
+            self._prompt(d["prompt"], split)
+
+    def close(self) -> dict:
+        for f in self.files.values():
+            f.close()
+        return {name: counts for name, counts in self.counts.items() if counts}
+
+    def save_datasets(self) -> None:
+        """Each set as a `datasets` DatasetDict directory (memory-mapped Arrow)."""
+        import datasets
+
+        for name in SETS:
+            splits = {split: str(self.out_dir / name / f"{split}.jsonl")
+                      for (set_name, split) in self.files if set_name == name}
+            if splits:
+                ds = datasets.load_dataset("json", data_files=splits)
+                ds.save_to_disk(str(self.out_dir / "datasets" / name))

@@ -1,0 +1,244 @@
+"""`rlhf-data task=prepare`: a folder of raw chat logs and rankings in, clean training sets out.
+
+    rlhf-data inputs='[{path: raw/}]' out_dir=data/v1
+    rlhf-data inputs='[{path: logs.csv, format: support_csv}]' formats.support_csv.speaker=from \
+        out_dir=data/v1 clean.max_tokens=2048 clean.tokenizer=Qwen/Qwen2.5-0.5B-Instruct
+
+Streams every input row through reading, cleaning (in `num_proc` worker processes),
+deduplication, conversion and a deterministic split, and writes out_dir/:
+  sft/{train,eval,test}.jsonl        conversations ({"messages": ...})
+  pairs/...jsonl                     preference pairs (from pairwise files and expanded rankings)
+  rankings/...jsonl                  K-wise rankings, unchanged, for K-wise reward models
+  prompts/...jsonl                   prompts only, for PPO/GRPO
+  datasets/<set>                     the same as `datasets` directories
+  quarantine.jsonl                   every row not kept: source file, line, reason
+  report.json                        counts: read, kept, dropped by reason, PII, lengths
+Invariant, checked on every run: rows read = rows kept + rows quarantined.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import multiprocessing as mp
+import random
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Iterator
+
+from data_tools.cleaning import clean_record, first_user_text, record_text
+from data_tools.convert import SETS, OutputWriter
+from data_tools.io import atomic_dir
+from data_tools.readers import read_file
+from data_tools.records import Record, Rejected, UnreadableFile
+
+QUARANTINE = "quarantine.jsonl"
+
+
+class PrepareError(Exception):
+    """Stops the run with one line (unreadable file, too many bad rows, no input)."""
+
+
+def input_files(cfg, out_dir: Path) -> list[tuple[Path, str]]:
+    files = []
+    for spec in cfg.inputs:
+        p = Path(spec.path).expanduser()
+        matches = sorted(p.rglob("*")) if p.is_dir() else [Path(m) for m in
+                                                          sorted(glob.glob(str(p)))]
+        matches = [m for m in matches if m.is_file() and not m.name.startswith(".")
+                   and out_dir.resolve() not in m.resolve().parents]
+        if not matches:
+            raise PrepareError(f"inputs: {spec.path} matches no file")
+        files += [(m, spec.format) for m in matches]
+    if not files:
+        raise PrepareError("no inputs: set inputs='[{path: /data/raw}]'")
+    return files
+
+
+# ----------------------------------------------------------------- worker side
+_WORKER: dict = {}
+
+
+def _init_worker(cfg) -> None:
+    _WORKER["cfg"] = cfg
+    _WORKER["tokenizer"] = None
+    if cfg.clean.max_tokens and cfg.clean.tokenizer:
+        from transformers import AutoTokenizer
+        _WORKER["tokenizer"] = AutoTokenizer.from_pretrained(cfg.clean.tokenizer)
+
+
+def _minhash(text: str, cfg):
+    from datasketch import MinHash
+
+    words = text.split()
+    n = cfg.dedup.shingle_words
+    shingles = {" ".join(words[i:i + n]) for i in range(max(1, len(words) - n + 1))}
+    mh = MinHash(num_perm=cfg.dedup.num_perm)
+    mh.update_batch([s.encode("utf-8") for s in shingles])
+    return mh
+
+
+def _process_chunk(chunk: list) -> list:
+    """Clean records and compute their duplicate fingerprints (the parallel part)."""
+    cfg, tokenizer = _WORKER["cfg"], _WORKER["tokenizer"]
+    out = []
+    for item in chunk:
+        if isinstance(item, Rejected):
+            out.append((item, Counter(), None, None))
+            continue
+        result, counter = clean_record(item, cfg, tokenizer)
+        exact = near = None
+        if isinstance(result, Record):
+            text = record_text(result)
+            exact = hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest()
+            near = _minhash(text, cfg) if cfg.dedup.near else None
+        out.append((result, counter, exact, near))
+    return out
+
+
+# ----------------------------------------------------------------- main side
+def _chunks(items: Iterator, size: int) -> Iterator[list]:
+    chunk = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+class Deduplicator:
+    """Exact duplicates by a hash of the normalised record; near duplicates by MinHash LSH
+    (datasketch). Keeps only hashes and band keys, not the texts."""
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.exact: dict[bytes, tuple] = {}
+        self.lsh = None
+        self.where: list[tuple] = []
+        if cfg.dedup.near:
+            from datasketch import MinHashLSH
+            self.lsh = MinHashLSH(threshold=cfg.dedup.threshold, num_perm=cfg.dedup.num_perm)
+
+    def check(self, record: Record, exact: bytes, near) -> str | None:
+        """None if new (and remembered), else the reason it is a duplicate."""
+        here = (record.source, record.lines[0])
+        if self.cfg.dedup.exact:
+            if exact in self.exact:
+                src, line = self.exact[exact]
+                return f"exact duplicate of {src}:{line}"
+            self.exact[exact] = here
+        if self.lsh is not None and near is not None:
+            similar = self.lsh.query(near)
+            if similar:
+                src, line = self.where[min(similar)]
+                return f"near duplicate of {src}:{line} (MinHash Jaccard >= " \
+                       f"{self.cfg.dedup.threshold})"
+            self.lsh.insert(len(self.where), near)
+            self.where.append(here)
+        return None
+
+
+def split_of(key: str, split_cfg) -> str:
+    """Deterministic: the same first user message always goes to the same split."""
+    digest = hashlib.blake2b(f"{split_cfg.seed}\0{key}".encode("utf-8"), digest_size=8).digest()
+    u = int.from_bytes(digest, "big") / 2**64
+    if u < split_cfg.eval:
+        return "eval"
+    return "test" if u < split_cfg.eval + split_cfg.test else "train"
+
+
+class Report:
+    def __init__(self, files):
+        self.started = time.time()
+        self.counts = Counter()
+        self.dropped = Counter()
+        self.pii = Counter()
+        self.cleaning = Counter()
+        self.files = {str(f): {"format": fmt, "rows": 0} for f, fmt in files}
+        self.lengths: list[int] = []  # a reservoir sample, so memory stays bounded
+        self.rng = random.Random(0)
+
+    def length(self, n: int) -> None:
+        seen = self.counts["rows_kept_records"]
+        if len(self.lengths) < 100_000:
+            self.lengths.append(n)
+        elif (j := self.rng.randrange(seen)) < len(self.lengths):
+            self.lengths[j] = n
+
+    def as_dict(self, outputs: dict) -> dict:
+        lengths = sorted(self.lengths)
+        pct = {f"p{q}": lengths[min(len(lengths) - 1, int(q / 100 * len(lengths)))]
+               for q in (50, 90, 99)} if lengths else {}
+        if lengths:
+            pct["max"] = lengths[-1]
+        elapsed = time.time() - self.started
+        return {"rows_read": self.counts["rows_read"], "rows_kept": self.counts["rows_kept"],
+                "rows_quarantined": self.counts["rows_quarantined"],
+                "dropped_by_reason": dict(self.dropped.most_common()),
+                "pii_replaced": dict(self.pii), "cleaning": dict(self.cleaning),
+                "length_percentiles": pct, "outputs": outputs, "files": self.files,
+                "seconds": round(elapsed, 2),
+                "rows_per_second": round(self.counts["rows_read"] / max(elapsed, 1e-9), 1)}
+
+
+def _read_all(files, cfg, report: Report) -> Iterator[Record | Rejected]:
+    for path, fmt in files:
+        for item in read_file(path, fmt, cfg):
+            report.files[str(path)]["rows"] += item.rows
+            yield item
+
+
+def prepare(cfg) -> dict:
+    out_dir = Path(cfg.out_dir)
+    files = input_files(cfg, out_dir)
+    report = Report(files)
+    with atomic_dir(out_dir) as tmp:
+        writer = OutputWriter(tmp, cfg)
+        dedup = Deduplicator(cfg)
+        with open(tmp / QUARANTINE, "w", encoding="utf-8") as quarantine, \
+                mp.get_context("fork").Pool(cfg.num_proc, _init_worker, (cfg,)) as pool:
+            chunks = _chunks(_read_all(files, cfg, report), cfg.chunk_size)
+            for processed in pool.imap(_process_chunk, chunks):
+                for result, counter, exact, near in processed:
+                    report.cleaning.update(counter)
+                    _route(result, exact, near, dedup, writer, quarantine, report, cfg)
+        outputs = writer.close()
+        summary = report.as_dict(outputs)
+        if summary["rows_read"] != summary["rows_kept"] + summary["rows_quarantined"]:
+            raise AssertionError(f"rows read != kept + quarantined: {summary}")
+        (tmp / "report.json").write_text(json.dumps(summary, indent=1))
+        if cfg.save_datasets:
+            writer.save_datasets()
+    bad = summary["rows_quarantined"] / max(summary["rows_read"], 1)
+    if bad > cfg.max_bad_share:
+        raise PrepareError(f"{bad:.0%} of the {summary['rows_read']} rows were quarantined, more "
+                           f"than max_bad_share={cfg.max_bad_share}; the reasons are in "
+                           f"{out_dir / QUARANTINE}")
+    return summary
+
+
+def _route(result, exact, near, dedup, writer, quarantine, report: Report, cfg) -> None:
+    report.counts["rows_read"] += result.rows
+    if isinstance(result, Record):
+        duplicate = dedup.check(result, exact, near)
+        if duplicate:
+            result = Rejected(result.source, result.lines, duplicate, result.data,
+                              "duplicate_exact" if duplicate.startswith("exact")
+                              else "duplicate_near")
+    if isinstance(result, Rejected):
+        report.counts["rows_quarantined"] += result.rows
+        report.dropped[result.category] += result.rows
+        quarantine.write(json.dumps(result.as_dict(), ensure_ascii=False, default=str) + "\n")
+        return
+    report.counts["rows_kept"] += result.rows
+    report.counts["rows_kept_records"] += 1
+    report.pii.update(result.pii)
+    report.length(result.data.get("num_tokens") or len(record_text(result).split()))
+    writer.write(result, split_of(first_user_text(result), cfg.split))
+
+
+__all__ = ["prepare", "PrepareError", "SETS", "UnreadableFile"]

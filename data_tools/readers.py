@@ -1,0 +1,354 @@
+"""Readers: raw files in, normalised `Record`s or `Rejected` rows out, one per input row.
+
+Formats (`format: auto` detects them from the extension and the first row):
+  messages         JSONL/JSON, OpenAI style  {"messages": [{"role", "content"}, ...]}
+  sharegpt         JSON/JSONL  {"conversations": [{"from": "human", "value": ...}, ...]}
+  support_csv      CSV, one row per utterance: conversation id, timestamp, speaker, text
+  prompt_response  CSV or JSONL  {"prompt": ..., "response": ...}
+  ranking          JSONL  {"prompt", "responses": [...], "ranks" | "scores"}  (best first if neither)
+  pairwise         JSONL  {"prompt", "chosen", "rejected"}
+Files may be gzip-compressed (.gz). A BOM, CRLF line ends and invalid UTF-8 bytes (replaced by
+U+FFFD and counted) do not stop a run.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+import sqlite3
+import tempfile
+from datetime import datetime
+from pathlib import Path
+from typing import Iterator
+
+from data_tools.records import (CONVERSATION, PAIR, RANKING, BadRow, Record, Rejected,
+                                UnreadableFile)
+
+FORMATS = ("messages", "sharegpt", "support_csv", "prompt_response", "ranking", "pairwise")
+ROLES = ("system", "user", "assistant")
+
+
+def open_text(path: Path, newline: str | None = None):
+    """Text with BOM stripped and bad bytes replaced; gzip by extension."""
+    raw = gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
+    return io.TextIOWrapper(raw, encoding="utf-8-sig", errors="replace", newline=newline)
+
+
+def base_suffix(path: Path) -> str:
+    suffixes = [s for s in path.suffixes if s != ".gz"]
+    return suffixes[-1].lower() if suffixes else ""
+
+
+# ----------------------------------------------------------------- detection
+def detect_format(path: Path, cfg) -> str:
+    if base_suffix(path) == ".csv":
+        with open_text(path, newline="") as f:
+            header = next(csv.reader(f), [])
+        cols = cfg.formats.support_csv
+        if cols.conversation_id in header and cols.speaker in header:
+            return "support_csv"
+        return "prompt_response"
+    first = _first_json_object(path)
+    keys = set(first) if isinstance(first, dict) else set()
+    for fmt, needed in (("messages", {"messages"}), ("sharegpt", {"conversations"}),
+                        ("ranking", {"responses"}), ("pairwise", {"chosen", "rejected"})):
+        if needed <= keys:
+            return fmt
+    return "prompt_response"
+
+
+def _first_json_object(path: Path):
+    with open_text(path) as f:
+        if base_suffix(path) == ".json":
+            try:
+                data = json.load(f)
+            except json.JSONDecodeError as err:
+                raise UnreadableFile(f"{path}: not valid JSON ({err.msg}, line {err.lineno})")
+            return data[0] if isinstance(data, list) and data else data
+        # the first row that parses decides (a malformed first line is only a bad row)
+        for _, line in zip(range(1000), f):
+            try:
+                return json.loads(line)
+            except json.JSONDecodeError:
+                continue
+    return None
+
+
+# ----------------------------------------------------------------- JSON / JSONL rows
+def iter_json_rows(path: Path) -> Iterator[tuple[int, object]]:
+    """(line number, object or BadRow) per row; for a .json array, the item's position."""
+    with open_text(path) as f:
+        if base_suffix(path) == ".json":
+            try:
+                data = json.load(f)
+            except json.JSONDecodeError as err:
+                raise UnreadableFile(f"{path}: not valid JSON ({err.msg}, line {err.lineno})")
+            yield from enumerate(data if isinstance(data, list) else [data], start=1)
+            return
+        for line_no, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                yield line_no, json.loads(line)
+            except json.JSONDecodeError as err:
+                yield line_no, BadRow(f"not valid JSON ({err.msg} at column {err.colno})", "invalid_json")
+
+
+def role_of(name, role_map) -> str:
+    if not isinstance(name, str):
+        raise BadRow(f"role {name!r} is not text", "wrong_type")
+    role = role_map.get(name.strip().lower(), name.strip().lower())
+    if role not in ROLES:
+        raise BadRow(f"unknown role {name!r}; map it with roles.{name.strip().lower()}="
+                     "user|assistant|system", "unknown_role")
+    return role
+
+
+def text_of(value, where: str) -> str:
+    if isinstance(value, str):
+        return value
+    kind = "a number" if isinstance(value, (int, float)) else \
+        "missing" if value is None else type(value).__name__
+    raise BadRow(f"{where} is {kind}, expected text",
+                 "missing_field" if value is None else "wrong_type")
+
+
+def messages_of(turns, where: str, role_key: str, text_key: str, role_map) -> list[dict]:
+    if not isinstance(turns, list):
+        raise BadRow(f"`{where}` must be a list of turns", "wrong_type")
+    out = []
+    for i, turn in enumerate(turns):
+        if not isinstance(turn, dict) or role_key not in turn:
+            raise BadRow(f"`{where}[{i}]` has no `{role_key}`", "missing_field")
+        out.append({"role": role_of(turn[role_key], role_map),
+                    "content": text_of(turn.get(text_key), f"`{where}[{i}].{text_key}`")})
+    return out
+
+
+def prompt_of(value, role_map) -> list[dict]:
+    """A prompt given as text or as messages."""
+    if isinstance(value, str):
+        return [{"role": "user", "content": value}]
+    if value is None:
+        raise BadRow("`prompt` is missing", "missing_field")
+    return messages_of(value, "prompt", "role", "content", role_map)
+
+
+def answer_of(value, where: str) -> dict:
+    """A response given as text, one assistant message, or a list holding one."""
+    if isinstance(value, list) and len(value) == 1:
+        value = value[0]
+    if isinstance(value, dict):
+        value = value.get("content")
+    return {"role": "assistant", "content": text_of(value, f"`{where}`")}
+
+
+def convert_json_row(fmt: str, obj, cfg) -> tuple[str, dict]:
+    if not isinstance(obj, dict):
+        raise BadRow(f"a row must be a JSON object, not {type(obj).__name__}", "wrong_type")
+    roles = cfg.roles
+    if fmt == "messages":
+        if "messages" not in obj:
+            raise BadRow("no `messages` field", "missing_field")
+        return CONVERSATION, {"messages": messages_of(obj["messages"], "messages", "role",
+                                                      "content", roles)}
+    if fmt == "sharegpt":
+        if "conversations" not in obj:
+            raise BadRow("no `conversations` field", "missing_field")
+        return CONVERSATION, {"messages": messages_of(obj["conversations"], "conversations",
+                                                      "from", "value", roles)}
+    if fmt == "prompt_response":
+        cols = cfg.formats.prompt_response
+        for col in (cols.prompt, cols.response):
+            if col not in obj:
+                raise BadRow(f"no `{col}` field", "missing_field")
+        return CONVERSATION, {"messages": [
+            {"role": "user", "content": text_of(obj[cols.prompt], f"`{cols.prompt}`")},
+            {"role": "assistant", "content": text_of(obj[cols.response], f"`{cols.response}`")}]}
+    if fmt == "ranking":
+        return RANKING, ranking_of(obj, roles)
+    if fmt == "pairwise":
+        for col in ("chosen", "rejected"):
+            if col not in obj:
+                raise BadRow(f"no `{col}` field", "missing_field")
+        data = {"prompt": prompt_of(obj.get("prompt"), roles),
+                "chosen": answer_of(obj["chosen"], "chosen"),
+                "rejected": answer_of(obj["rejected"], "rejected")}
+        if "margin" in obj:
+            data["margin"] = _number(obj["margin"], "margin")
+        return PAIR, data
+    raise ValueError(f"unknown format {fmt!r}")
+
+
+def _number(value, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise BadRow(f"`{where}` must be a number, not {value!r}", "wrong_type")
+    return float(value)
+
+
+def ranking_of(obj: dict, roles) -> dict:
+    responses = obj.get("responses")
+    if not isinstance(responses, list):
+        raise BadRow("`responses` must be a list of answers", "bad_ranking")
+    if len(responses) < 2:
+        raise BadRow(f"a ranking needs K >= 2 responses, this row has {len(responses)}",
+                     "bad_ranking")
+    answers = [answer_of(r, f"responses[{i}]") for i, r in enumerate(responses)]
+    data = {"prompt": prompt_of(obj.get("prompt"), roles), "responses": answers}
+    if "ranks" in obj:
+        ranks = obj["ranks"]
+        if not isinstance(ranks, list) or len(ranks) != len(answers):
+            raise BadRow(f"`ranks` must list one rank per response ({len(answers)})",
+                         "bad_ranking")
+        data["ranks"] = [int(_number(r, "ranks")) for r in ranks]
+    if "scores" in obj:
+        scores = obj["scores"]
+        if not isinstance(scores, list) or len(scores) != len(answers):
+            raise BadRow(f"`scores` must list one score per response ({len(answers)})",
+                         "bad_ranking")
+        data["scores"] = [_number(s, "scores") for s in scores]
+        if "ranks" not in data:  # higher score = better; equal scores tie
+            distinct = sorted(set(data["scores"]), reverse=True)
+            data["ranks"] = [distinct.index(s) + 1 for s in data["scores"]]
+    data.setdefault("ranks", list(range(1, len(answers) + 1)))  # given best first
+    return data
+
+
+def read_json_file(path: Path, fmt: str, cfg) -> Iterator[Record | Rejected]:
+    for line_no, obj in iter_json_rows(path):
+        try:
+            if isinstance(obj, BadRow):
+                raise obj
+            kind, data = convert_json_row(fmt, obj, cfg)
+            yield Record(kind, str(path), [line_no], data)
+        except BadRow as err:
+            yield Rejected(str(path), [line_no], str(err),
+                           obj if not isinstance(obj, BadRow) else None, err.category)
+
+
+# ----------------------------------------------------------------- CSV
+def _csv_rows(path: Path) -> Iterator[tuple[int, dict]]:
+    with open_text(path, newline="") as f:
+        reader = csv.DictReader(f)
+        for row in reader:
+            yield reader.line_num, row
+
+
+def _missing_columns(path: Path, needed: list[str]) -> tuple[list[str], list[str]]:
+    with open_text(path, newline="") as f:
+        header = next(csv.reader(f), [])
+    return [c for c in needed if c not in header], header
+
+
+def read_prompt_response_csv(path: Path, cfg) -> Iterator[Record | Rejected]:
+    cols = cfg.formats.prompt_response
+    missing, header = _missing_columns(path, [cols.prompt, cols.response])
+    for line_no, row in _csv_rows(path):
+        if missing:
+            yield Rejected(str(path), [line_no], _missing_reason(missing, header,
+                                                                 "prompt_response"), row,
+                           "missing_column")
+            continue
+        yield Record(CONVERSATION, str(path), [line_no], {"messages": [
+            {"role": "user", "content": row[cols.prompt] or ""},
+            {"role": "assistant", "content": row[cols.response] or ""}]})
+
+
+def _missing_reason(missing, header, fmt) -> str:
+    return (f"column(s) {', '.join(missing)} missing (the file has: {', '.join(header)}); "
+            f"name the right ones with formats.{fmt}.<field>=<column>")
+
+
+def _timestamp(value: str) -> float:
+    value = (value or "").strip()
+    try:
+        return float(value)
+    except ValueError:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+
+
+def read_support_csv(path: Path, cfg) -> Iterator[Record | Rejected]:
+    """Utterance rows grouped into conversations in timestamp order. Grouping goes through an
+    on-disk SQLite table, so memory stays bounded however large and interleaved the file is."""
+    cols = cfg.formats.support_csv
+    needed = [cols.conversation_id, cols.timestamp, cols.speaker, cols.text]
+    missing, header = _missing_columns(path, needed)
+    with tempfile.NamedTemporaryFile(suffix=".sqlite") as tmp:
+        db = sqlite3.connect(tmp.name)
+        db.execute("CREATE TABLE u (conv TEXT, ts REAL, line INT, speaker TEXT, text TEXT, "
+                   "problem TEXT)")
+        batch = []
+        for line_no, row in _csv_rows(path):
+            if missing:
+                yield Rejected(str(path), [line_no], _missing_reason(missing, header,
+                                                                     "support_csv"), row,
+                               "missing_column")
+                continue
+            problem, ts = None, 0.0
+            try:
+                ts = _timestamp(row[cols.timestamp])
+            except (ValueError, TypeError):
+                problem = f"line {line_no}: timestamp {row[cols.timestamp]!r} is not a number " \
+                          "or an ISO date"
+            batch.append((row[cols.conversation_id], ts, line_no, row[cols.speaker],
+                           row[cols.text], problem))
+            if len(batch) >= 10_000:
+                db.executemany("INSERT INTO u VALUES (?,?,?,?,?,?)", batch)
+                batch = []
+        db.executemany("INSERT INTO u VALUES (?,?,?,?,?,?)", batch)
+        db.execute("CREATE INDEX i ON u (conv, ts, line)")
+        yield from _group_conversations(db, path, cfg)
+        db.close()
+
+
+def _group_conversations(db, path: Path, cfg) -> Iterator[Record | Rejected]:
+    conv, turns = None, []
+    rows = db.execute("SELECT conv, ts, line, speaker, text, problem FROM u "
+                      "ORDER BY conv, ts, line")
+    for row in rows:
+        if row[0] != conv and turns:
+            yield _conversation(conv, turns, path, cfg)
+            turns = []
+        conv = row[0]
+        turns.append(row)
+    if turns:
+        yield _conversation(conv, turns, path, cfg)
+
+
+def _conversation(conv, turns, path: Path, cfg) -> Record | Rejected:
+    lines = [t[2] for t in turns]
+    try:
+        problems = [t[5] for t in turns if t[5]]
+        if problems:
+            raise BadRow(problems[0], "bad_timestamp")
+        messages = []
+        for _, _, line, speaker, text, _ in turns:
+            try:
+                messages.append({"role": role_of(speaker, cfg.roles), "content": text or ""})
+            except BadRow as err:
+                raise BadRow(f"line {line}: {err}", err.category) from None
+        return Record(CONVERSATION, str(path), lines, {"messages": messages, "id": conv})
+    except BadRow as err:
+        return Rejected(str(path), lines, f"conversation {conv!r}: {err}",
+                        [{"line": t[2], "speaker": t[3], "text": t[4]} for t in turns],
+                        err.category)
+
+
+# ----------------------------------------------------------------- dispatch
+def read_file(path: Path, fmt: str, cfg) -> Iterator[Record | Rejected]:
+    if fmt == "auto":
+        fmt = detect_format(path, cfg)
+    if fmt not in FORMATS:
+        raise UnreadableFile(f"{path}: unknown format {fmt!r}; use one of auto, "
+                             + ", ".join(FORMATS))
+    try:
+        if fmt == "support_csv":
+            yield from read_support_csv(path, cfg)
+        elif fmt == "prompt_response" and base_suffix(path) == ".csv":
+            yield from read_prompt_response_csv(path, cfg)
+        else:
+            yield from read_json_file(path, fmt, cfg)
+    except (OSError, EOFError, gzip.BadGzipFile, csv.Error) as err:
+        raise UnreadableFile(f"{path}: cannot be read as {fmt} ({err})") from None

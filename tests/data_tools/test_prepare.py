@@ -1,0 +1,139 @@
+"""The whole `rlhf-data` run: a mixed folder in, training sets out, nothing lost."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from data_tools.prepare import PrepareError, prepare
+from tests.data_tools.conftest import conv, read_jsonl, write_jsonl
+
+
+@pytest.fixture
+def mixed_folder(tmp_path, cache_dir):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    demo = cache_dir / "demo_data"
+    shutil.copy(demo / "sft_train.jsonl", raw / "demo_sft.jsonl")
+    shutil.copy(demo / "rankings_train.jsonl", raw / "demo_rankings.jsonl")
+    write_jsonl(raw / "extra.jsonl", [
+        conv("Where is my order?", "Mail orders@shop.example for help."),
+        conv("Where is my order?", "Mail orders@shop.example for help."),     # exact duplicate
+        conv("where is my  order?", "Mail  orders@shop.example for help."),   # same once normalised
+        '{"messages": [}',                                                     # malformed
+        {"messages": []},                                                      # empty
+    ])
+    (raw / "log.csv").write_text(
+        "conversation_id,timestamp,speaker,text\n"
+        "c1,1,customer,My card 4111 1111 1111 1111 was charged twice\n"
+        "c1,2,agent,Sorry! I refunded it. Call +1-202-555-0143 if not.\n"
+        "c2,1,customer,hello\nc2,2,operator,hi\n")
+    write_jsonl(raw / "pairs.jsonl", [{"prompt": "Hi", "chosen": "Hello!", "rejected": "What."},
+                                      {"prompt": "Hi", "chosen": "Same", "rejected": "Same"}])
+    (raw / "empty.jsonl").write_text("")
+    return raw
+
+
+def test_mixed_folder_to_training_sets(mixed_folder, make_cfg, tmp_path):
+    cfg = make_cfg(inputs=[{"path": str(mixed_folder), "format": "auto"}], save_datasets=True,
+                   num_proc=2)
+    summary = prepare(cfg)
+    out = tmp_path / "out"
+    assert summary["rows_read"] == summary["rows_kept"] + summary["rows_quarantined"]
+    quarantined = read_jsonl(out / "quarantine.jsonl")
+    assert sum(len(q["line"]) if isinstance(q["line"], list) else 1 for q in quarantined) == \
+        summary["rows_quarantined"]
+    by_reason = summary["dropped_by_reason"]
+    assert by_reason["invalid_json"] == 1 and by_reason["empty"] == 1
+    assert by_reason["unknown_role"] == 2  # both rows of conversation c2 ("operator")
+    assert by_reason["bad_pair"] == 1 and by_reason["duplicate_exact"] >= 2
+    assert summary["pii_replaced"] == {"email": 1, "card": 1, "phone": 1}
+    sft = read_jsonl(out / "sft" / "train.jsonl") + read_jsonl(out / "sft" / "eval.jsonl")
+    assert any("<CARD>" in m["content"] for row in sft for m in row["messages"])
+    # rankings kept as they are and expanded into pairs (K=4, ties skipped)
+    rankings = read_jsonl(out / "rankings" / "train.jsonl")
+    assert rankings and all(len(r["responses"]) == 4 for r in rankings)
+    assert summary["outputs"]["pairs"]["train"] >= 5 * len(rankings)
+    assert (out / "datasets" / "sft").is_dir() and (out / "report.json").exists()
+    assert summary["files"][str(mixed_folder / "empty.jsonl")]["rows"] == 0
+
+
+def test_outputs_load_in_our_stages_and_trl(mixed_folder, make_cfg, tmp_path, cache_dir):
+    import datasets
+    from transformers import AutoTokenizer
+    from trl.data_utils import apply_chat_template, is_conversational
+
+    from rlhf.data.loading import load_conversations, load_prompts
+
+    prepare(make_cfg(inputs=[{"path": str(mixed_folder), "format": "auto"}],
+                     save_datasets=True))
+    out = tmp_path / "out"
+    assert len(load_conversations(str(out / "sft" / "train.jsonl"))) > 100
+    assert len(load_prompts(str(out / "prompts" / "train.jsonl"))) > 100
+    assert len(load_conversations(str(out / "datasets" / "sft" / "train"))) > 100
+    tokenizer = AutoTokenizer.from_pretrained(cache_dir / "demo_tiny")
+    pair = datasets.load_from_disk(str(out / "datasets" / "pairs"))["train"][0]
+    assert is_conversational(pair)
+    rendered = apply_chat_template(pair, tokenizer)  # TRL's own preference-format handling
+    assert rendered["prompt"].endswith("<|assistant|>\n") and rendered["chosen"].endswith("\n")
+
+
+def test_split_is_deterministic_and_no_prompt_crosses_splits(mixed_folder, make_cfg, tmp_path):
+    cfg = make_cfg(inputs=[{"path": str(mixed_folder), "format": "auto"}],
+                   **{"split.eval": 0.2, "split.test": 0.1})
+    prepare(cfg)
+    first = {s: (tmp_path / "out" / "sft" / f"{s}.jsonl").read_text()
+             for s in ("train", "eval", "test")}
+    prepare(cfg)  # a re-run gives the same split
+    assert first == {s: (tmp_path / "out" / "sft" / f"{s}.jsonl").read_text() for s in first}
+    seen = {}
+    for name in ("sft", "rankings", "pairs", "prompts"):
+        for split in ("train", "eval", "test"):
+            for row in read_jsonl(tmp_path / "out" / name / f"{split}.jsonl"):
+                msgs = row["messages"] if name == "sft" else row["prompt"]
+                key = next(m["content"] for m in msgs if m["role"] == "user").lower()
+                assert seen.setdefault(key, split) == split, key
+    assert {"train", "eval", "test"} == set(seen.values())
+
+
+def test_near_duplicates_are_caught(make_cfg, tmp_path):
+    base = ("Our premium kettle boils water quickly and quietly and it keeps the water hot for "
+            "two hours after boiling, which customers love in winter.")
+    raw = write_jsonl(tmp_path / "n.jsonl", [conv("Tell me about the kettle", base),
+                                             conv("Tell me about the kettle", base + " Really."),
+                                             conv("What about the lamp?", "It is bright.")])
+    summary = prepare(make_cfg(inputs=[{"path": str(raw)}], **{"dedup.threshold": 0.8}))
+    assert summary["dropped_by_reason"] == {"duplicate_near": 1}
+    (q,) = read_jsonl(tmp_path / "out" / "quarantine.jsonl")
+    assert q["line"] == 2 and f"{raw}:1" in q["reason"]
+
+
+def test_too_many_bad_rows_fails_in_one_line_after_writing_everything(make_cfg, tmp_path):
+    raw = write_jsonl(tmp_path / "bad.jsonl", ["nope", "nope", conv("q", "a")])
+    with pytest.raises(PrepareError, match=r"67% of the 3 rows were quarantined, more than "
+                                           r"max_bad_share=0.5"):
+        prepare(make_cfg(inputs=[{"path": str(raw)}]))
+    assert len(read_jsonl(tmp_path / "out" / "quarantine.jsonl")) == 2
+
+
+def test_unreadable_file_stops_the_run(make_cfg, tmp_path, run_cli):
+    (tmp_path / "broken.json").write_text("{ this is not json")
+    result = run_cli([f"inputs=[{{path: {tmp_path}/broken.json}}]", f"out_dir={tmp_path}/o",
+                      f"hydra.run.dir={tmp_path}/run"], cwd=tmp_path, module="data_tools.cli")
+    assert result.returncode == 1
+    assert result.output.strip().splitlines()[-1].startswith(
+        f"rlhf-data: error: {tmp_path}/broken.json: not valid JSON")
+    assert not (tmp_path / "o").exists()  # nothing half-written
+
+
+def test_cli_prints_the_summary(make_cfg, tmp_path, run_cli):
+    raw = write_jsonl(tmp_path / "a.jsonl", [conv("q", "a"), conv("q", "a")])
+    result = run_cli([f"inputs=[{{path: {raw}}}]", f"out_dir={tmp_path}/o",
+                      f"hydra.run.dir={tmp_path}/run", "save_datasets=false"],
+                     cwd=tmp_path, module="data_tools.cli")
+    assert result.returncode == 0, result.output
+    assert "rows read 2, kept 1, quarantined 1" in result.output
+    report = json.loads((tmp_path / "o" / "report.json").read_text())
+    assert report["dropped_by_reason"] == {"duplicate_exact": 1}

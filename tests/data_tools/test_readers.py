@@ -1,0 +1,121 @@
+"""Every reader on small hand-made files, including encodings and compression."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from data_tools.readers import detect_format, read_file
+from data_tools.records import CONVERSATION, PAIR, RANKING, Record, Rejected
+from tests.data_tools.conftest import conv, write_jsonl
+
+
+def read(path: Path, cfg, fmt="auto"):
+    items = list(read_file(path, fmt, cfg))
+    return [i for i in items if isinstance(i, Record)], [i for i in items if isinstance(i, Rejected)]
+
+
+def test_openai_messages_jsonl_gzip(tmp_path, make_cfg):
+    path = write_jsonl(tmp_path / "a.jsonl.gz", [conv("hi", "hello"), conv("q", "a")], gz=True)
+    records, rejected = read(path, make_cfg())
+    assert detect_format(path, make_cfg()) == "messages"
+    assert [r.kind for r in records] == [CONVERSATION] * 2 and not rejected
+    assert records[1].lines == [2] and records[1].data["messages"][0]["content"] == "q"
+
+
+def test_sharegpt_json_and_jsonl(tmp_path, make_cfg):
+    row = {"conversations": [{"from": "human", "value": "hey"}, {"from": "gpt", "value": "yo"}]}
+    (tmp_path / "s.json").write_text(json.dumps([row, row]))
+    write_jsonl(tmp_path / "s.jsonl", [row])
+    for name, n in (("s.json", 2), ("s.jsonl", 1)):
+        records, _ = read(tmp_path / name, make_cfg())
+        assert len(records) == n
+        assert records[0].data["messages"] == [{"role": "user", "content": "hey"},
+                                               {"role": "assistant", "content": "yo"}]
+
+
+def test_support_csv_grouped_in_timestamp_order_with_roles(tmp_path, make_cfg):
+    # interleaved conversations, out of order, custom column names, CRLF and a BOM
+    text = ("\ufeffcid;when;who;msg\r\n".replace(";", ",")
+            + "A,2024-01-01T10:00:05Z,agent,second\r\n"
+            + "B,2024-01-01T09:00:00Z,customer,other\r\n"
+            + "A,2024-01-01T10:00:01Z,customer,first\r\n"
+            + "B,2024-01-01T09:00:09Z,support,reply\r\n")
+    path = tmp_path / "log.csv"
+    path.write_bytes(text.encode("utf-8"))
+    cfg = make_cfg(**{"formats.support_csv.conversation_id": "cid",
+                      "formats.support_csv.timestamp": "when",
+                      "formats.support_csv.speaker": "who", "formats.support_csv.text": "msg"})
+    assert detect_format(path, cfg) == "support_csv"
+    records, rejected = read(path, cfg)
+    assert not rejected and len(records) == 2
+    a = next(r for r in records if r.data["id"] == "A")
+    assert a.data["messages"] == [{"role": "user", "content": "first"},
+                                  {"role": "assistant", "content": "second"}]
+    assert sorted(a.lines) == [2, 4]
+
+
+def test_prompt_response_csv_and_jsonl(tmp_path, make_cfg):
+    (tmp_path / "pr.csv").write_text('prompt,response\n"Hi, you",Hello\n')
+    write_jsonl(tmp_path / "pr.jsonl", [{"prompt": "Q", "response": "A"}])
+    for name in ("pr.csv", "pr.jsonl"):
+        records, _ = read(tmp_path / name, make_cfg())
+        assert records[0].data["messages"][1] == {"role": "assistant",
+                                                  "content": "Hello" if name.endswith("csv") else "A"}
+    assert read(tmp_path / "pr.csv", make_cfg())[0][0].data["messages"][0]["content"] == "Hi, you"
+
+
+def test_ranking_with_scores_ranks_and_ties(tmp_path, make_cfg):
+    path = write_jsonl(tmp_path / "r.jsonl", [
+        {"prompt": "q", "responses": ["a", "b", "c"], "scores": [0.9, 0.1, 0.9]},
+        {"prompt": [{"role": "user", "content": "q2"}],
+         "responses": [{"role": "assistant", "content": "x"}, "y"], "ranks": [2, 1]},
+        {"prompt": "q3", "responses": ["only one"]},
+    ])
+    records, rejected = read(path, make_cfg())
+    assert [r.kind for r in records] == [RANKING, RANKING]
+    assert records[0].data["ranks"] == [1, 2, 1]  # equal scores tie
+    assert records[1].data["ranks"] == [2, 1]
+    assert rejected[0].lines == [3] and "K >= 2" in rejected[0].reason
+
+
+def test_pairwise(tmp_path, make_cfg):
+    path = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "q", "chosen": "good",
+                                                "rejected": [{"role": "assistant", "content": "bad"}],
+                                                "margin": 2}])
+    (record,), _ = read(path, make_cfg())
+    assert record.kind == PAIR and record.data["rejected"]["content"] == "bad"
+    assert record.data["margin"] == 2.0
+
+
+def test_invalid_utf8_is_replaced_not_fatal(tmp_path, make_cfg):
+    path = tmp_path / "bad.jsonl"
+    path.write_bytes(b'{"messages": [{"role": "user", "content": "caf\xe9"}, '
+                     b'{"role": "assistant", "content": "ok"}]}\r\n')
+    (record,), rejected = read(path, make_cfg())
+    assert record.data["messages"][0]["content"] == "caf\ufffd" and not rejected
+
+
+def test_bad_rows_are_rejected_with_precise_reasons(tmp_path, make_cfg):
+    path = write_jsonl(tmp_path / "m.jsonl", [
+        '{"messages": [',                                              # malformed JSON
+        {"messages": [{"role": "user", "content": 7}]},                # wrong type
+        {"messages": [{"role": "wizard", "content": "x"}]},           # unknown role
+        {"text": "no messages"},                                       # missing field
+        conv("fine", "yes"),
+    ])
+    records, rejected = read(path, make_cfg(), fmt="messages")
+    assert len(records) == 1
+    reasons = {r.lines[0]: (r.category, r.reason) for r in rejected}
+    assert reasons[1][0] == "invalid_json"
+    assert reasons[2] == ("wrong_type", "`messages[0].content` is a number, expected text")
+    assert reasons[3][0] == "unknown_role" and "roles.wizard=" in reasons[3][1]
+    assert reasons[4] == ("missing_field", "no `messages` field")
+
+
+def test_csv_with_missing_column_quarantines_every_row(tmp_path, make_cfg):
+    path = tmp_path / "log.csv"
+    path.write_text("conversation_id,speaker,text\nA,customer,hi\nA,agent,yo\n")
+    records, rejected = read(path, make_cfg(), fmt="support_csv")
+    assert not records and [r.lines for r in rejected] == [[2], [3]]
+    assert "column(s) timestamp missing" in rejected[0].reason
