@@ -102,7 +102,7 @@ class DataToolsConfig:
     pii: PiiConfig = field(default_factory=PiiConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
     pairs: PairsConfig = field(default_factory=PairsConfig)
-    # worker processes for cleaning; records per chunk handed to a worker
+    # worker processes for cleaning (0: in this process); records per chunk handed to one
     num_proc: int = 2
     chunk_size: int = 2000
     # fail (after writing everything) when more than this share of rows is quarantined

@@ -24,11 +24,14 @@ import json
 import multiprocessing as mp
 import random
 import time
-from collections import Counter
+from collections import Counter, deque
 from pathlib import Path
 from typing import Iterator
 
+from omegaconf import OmegaConf
+
 from data_tools.cleaning import clean_record, first_user_text, record_text
+from data_tools.config import DataToolsConfig
 from data_tools.convert import SETS, OutputWriter
 from data_tools.io import atomic_dir
 from data_tools.readers import read_file
@@ -62,7 +65,11 @@ _WORKER: dict = {}
 
 
 def _init_worker(cfg) -> None:
+    from datasketch import MinHash
+
     _WORKER["cfg"] = cfg
+    # permutations are drawn once per worker; each record's MinHash copies them
+    _WORKER["minhash"] = MinHash(num_perm=cfg.dedup.num_perm)
     _WORKER["tokenizer"] = None
     if cfg.clean.max_tokens and cfg.clean.tokenizer:
         from transformers import AutoTokenizer
@@ -70,14 +77,15 @@ def _init_worker(cfg) -> None:
 
 
 def _minhash(text: str, cfg):
-    from datasketch import MinHash
+    """MinHash of the record's word n-grams; the lean form travels back without permutations."""
+    from datasketch import LeanMinHash
 
     words = text.split()
     n = cfg.dedup.shingle_words
     shingles = {" ".join(words[i:i + n]) for i in range(max(1, len(words) - n + 1))}
-    mh = MinHash(num_perm=cfg.dedup.num_perm)
+    mh = _WORKER["minhash"].copy()
     mh.update_batch([s.encode("utf-8") for s in shingles])
-    return mh
+    return LeanMinHash(mh)
 
 
 def _process_chunk(chunk: list) -> list:
@@ -192,17 +200,37 @@ def _read_all(files, cfg, report: Report) -> Iterator[Record | Rejected]:
             yield item
 
 
+def _cleaned(chunks: Iterator[list], cfg) -> Iterator[list]:
+    """Chunks cleaned in order by `num_proc` workers (in this process when 0), with at most
+    two chunks per worker in flight: reading never runs ahead of cleaning, so memory stays
+    bounded however large the input (Pool.imap would read everything ahead)."""
+    if cfg.num_proc == 0:
+        _init_worker(cfg)
+        yield from map(_process_chunk, chunks)
+        return
+    with mp.get_context("fork").Pool(cfg.num_proc, _init_worker, (cfg,)) as pool:
+        pending: deque = deque()
+        for chunk in chunks:
+            pending.append(pool.apply_async(_process_chunk, (chunk,)))
+            if len(pending) >= 2 * cfg.num_proc:
+                yield pending.popleft().get()
+        while pending:
+            yield pending.popleft().get()
+
+
 def prepare(cfg) -> dict:
+    if not isinstance(cfg, DataToolsConfig):
+        # plain dataclasses: OmegaConf attribute access would cost more than the cleaning
+        cfg = OmegaConf.to_object(cfg)
     out_dir = Path(cfg.out_dir)
     files = input_files(cfg, out_dir)
     report = Report(files)
     with atomic_dir(out_dir) as tmp:
         writer = OutputWriter(tmp, cfg)
         dedup = Deduplicator(cfg)
-        with open(tmp / QUARANTINE, "w", encoding="utf-8") as quarantine, \
-                mp.get_context("fork").Pool(cfg.num_proc, _init_worker, (cfg,)) as pool:
+        with open(tmp / QUARANTINE, "w", encoding="utf-8") as quarantine:
             chunks = _chunks(_read_all(files, cfg, report), cfg.chunk_size)
-            for processed in pool.imap(_process_chunk, chunks):
+            for processed in _cleaned(chunks, cfg):
                 for result, counter, exact, near in processed:
                     report.cleaning.update(counter)
                     _route(result, exact, near, dedup, writer, quarantine, report, cfg)
