@@ -18,6 +18,7 @@ import gzip
 import io
 import json
 import sqlite3
+import sys
 import tempfile
 from datetime import datetime
 from pathlib import Path
@@ -217,14 +218,15 @@ def ranking_of(obj: dict, roles) -> dict:
 
 
 def read_json_file(path: Path, fmt: str, cfg) -> Iterator[Record | Rejected]:
+    source = sys.intern(str(path))  # one string shared by every record of the file
     for line_no, obj in iter_json_rows(path):
         try:
             if isinstance(obj, BadRow):
                 raise obj
             kind, data = convert_json_row(fmt, obj, cfg)
-            yield Record(kind, str(path), [line_no], data)
+            yield Record(kind, source, [line_no], data)
         except BadRow as err:
-            yield Rejected(str(path), [line_no], str(err),
+            yield Rejected(source, [line_no], str(err),
                            obj if not isinstance(obj, BadRow) else None, err.category)
 
 

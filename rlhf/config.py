@@ -90,6 +90,8 @@ class DataConfig:
     # JSONL files or `datasets` directories, in the formats of DESIGN.md section 4
     sft_train: Optional[str] = None
     sft_eval: Optional[str] = None
+    pairs_train: Optional[str] = None
+    pairs_eval: Optional[str] = None
     rankings_train: Optional[str] = None
     rankings_eval: Optional[str] = None
     prompts_train: Optional[str] = None

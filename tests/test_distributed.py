@@ -154,3 +154,18 @@ def test_slurm_environment_becomes_torch_environment():
     single = {"SLURM_PROCID": "0", "SLURM_NTASKS": "1"}
     export_slurm_env(single)
     assert "RANK" not in single
+
+
+def test_zero2_resume_continues_from_the_sharded_checkpoint(run_cli, tmp_path):
+    run_dir = tmp_path / "resume"
+    base = [*COMMON, "distributed=zero2", "distributed.nproc_per_node=2",
+            f"hydra.run.dir={run_dir}", "stage.lr_scheduler=constant"]
+    first = run_cli([*base, "debug.max_steps=3"], cwd=tmp_path)
+    assert first.returncode == 0, first.output[-3000:]
+    assert (run_dir / "trainer" / "checkpoint-3").is_dir()
+    again = run_cli([*base, "debug.max_steps=6", "stage.resume=true"], cwd=tmp_path)
+    assert again.returncode == 0, again.output[-3000:]
+    history = json.loads((run_dir / "log_history.json").read_text())
+    steps = [h["step"] for h in history if "loss" in h]
+    assert steps[0] == 4 and steps[-1] == 6  # steps 1-3 came from the checkpoint
+    assert json.loads((run_dir / "metrics.json").read_text())["train/steps"] == 6

@@ -137,3 +137,11 @@ def test_cli_prints_the_summary(make_cfg, tmp_path, run_cli):
     assert "rows read 2, kept 1, quarantined 1" in result.output
     report = json.loads((tmp_path / "o" / "report.json").read_text())
     assert report["dropped_by_reason"] == {"duplicate_exact": 1}
+
+
+def test_prepared_data_trains_with_rlhf_sft(mixed_folder, make_cfg, tmp_path, run_cli):
+    prepare(make_cfg(inputs=[{"path": str(mixed_folder), "format": "auto"}]))
+    result = run_cli(["stage=sft", "data=prepared", f"data.dir={tmp_path / 'out'}", "debug=tiny",
+                      f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
+    assert result.returncode == 0, result.output[-3000:]
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["train/steps"] == 4
