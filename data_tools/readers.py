@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import gzip
 import io
+import itertools
 import json
 import sqlite3
 import sys
@@ -61,19 +62,10 @@ def detect_format(path: Path, cfg) -> str:
 
 
 def _first_json_object(path: Path):
-    with open_text(path) as f:
-        if base_suffix(path) == ".json":
-            try:
-                data = json.load(f)
-            except json.JSONDecodeError as err:
-                raise UnreadableFile(f"{path}: not valid JSON ({err.msg}, line {err.lineno})")
-            return data[0] if isinstance(data, list) and data else data
-        # the first row that parses decides (a malformed first line is only a bad row)
-        for _, line in zip(range(1000), f):
-            try:
-                return json.loads(line)
-            except json.JSONDecodeError:
-                continue
+    """The first row that parses decides the format (a malformed first line is a bad row)."""
+    for _, obj in itertools.islice(iter_json_rows(path), 1000):
+        if not isinstance(obj, BadRow):
+            return obj
     return None
 
 
@@ -94,7 +86,8 @@ def iter_json_rows(path: Path) -> Iterator[tuple[int, object]]:
             try:
                 yield line_no, json.loads(line)
             except json.JSONDecodeError as err:
-                yield line_no, BadRow(f"not valid JSON ({err.msg} at column {err.colno})", "invalid_json")
+                yield line_no, BadRow(f"not valid JSON ({err.msg} at column {err.colno})",
+                                      "invalid_json")
 
 
 def role_of(name, role_map) -> str:
