@@ -1,0 +1,1 @@
+"""Pure tensor math of the RLHF algorithms, with shape comments and paper references."""
