@@ -28,6 +28,7 @@ from rlhf.runs import read_metrics, run_dir
 # stage name -> module with `run(cfg) -> dict`; imported lazily (TRL takes seconds to import)
 STAGES = {
     "sft": "rlhf.stages.sft",
+    "rm": "rlhf.stages.rm",
     "eval": "rlhf.stages.eval",
     "pipeline": "rlhf.stages.pipeline",
 }

@@ -145,6 +145,23 @@ class SFTStageConfig(TrainStageConfig):
 
 
 @dataclass
+class RMStageConfig(TrainStageConfig):
+    name: str = "rm"
+    learning_rate: float = 1e-5
+    # kwise: one example per prompt with all C(K,2) comparisons (InstructGPT);
+    # pairwise: rankings expanded into one example per pair (Bradley-Terry)
+    objective: str = "kwise"
+    # rankings (data.rankings_*) or pairs (data.pairs_*)
+    data_format: str = "rankings"
+    # subtract the score difference from the data as a margin
+    use_margin: bool = False
+    # keeps rewards near zero: + coef * mean(reward^2)
+    center_coef: float = 0.0
+    # training rows whose rewards give reward_stats.json
+    reward_stats_rows: int = 2000
+
+
+@dataclass
 class EvalStageConfig:
     name: str = "eval"
     seed: int = 0
@@ -253,7 +270,7 @@ class Config:
 def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="rlhf_schema", node=Config)
-    for name, node in {"sft": SFTStageConfig, "eval": EvalStageConfig,
+    for name, node in {"sft": SFTStageConfig, "rm": RMStageConfig, "eval": EvalStageConfig,
                        "pipeline": PipelineStageConfig}.items():
         cs.store(group="stage", name=f"{name}_schema", node=node)
     for group, node in {"model": ModelConfig, "data": DataConfig,

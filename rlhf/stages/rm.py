@@ -1,0 +1,145 @@
+"""Reward model on ranked responses: pairwise (Bradley-Terry) or K-wise (InstructGPT).
+
+    rlhf stage=rm model.path=outputs/demo/<run>/sft                  # K-wise on data.rankings_*
+    rlhf stage=rm stage.objective=pairwise                            # rankings expanded to pairs
+    rlhf stage=rm stage.data_format=pairs data.pairs_train=pairs.jsonl
+
+K-wise: all C(K,2) comparisons of a prompt are one batch element computed from K forward
+passes (rlhf/algorithms/reward_losses.py). Evaluation on held-out rankings: pairwise accuracy
+(overall and per rank distance), Kendall tau, top-1 accuracy, reward mean/std. Writes `model/`
+(an AutoModelForSequenceClassification checkpoint), `reward_stats.json` (mean/std of rewards
+on training prompts, for reward normalisation in PPO) and `metrics.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import torch
+from transformers import Trainer
+
+from rlhf.algorithms.ranking_metrics import ranking_metrics
+from rlhf.algorithms.reward_losses import kwise_ranking_loss
+from rlhf.data.loading import require
+from rlhf.data.rankings import (RankingCollator, expand_to_pairs, load_pairs, load_rankings,
+                                tokenize_ranking)
+from rlhf.distributed import is_main_process
+from rlhf.errors import ConfigError
+from rlhf.models.loading import load_tokenizer, resolve_model_path, torch_dtype
+from rlhf.stages.common import StageRun, save_final_model, train, training_arguments
+from rlhf.tracking import hf_log_to_metrics
+
+
+class RankingTrainer(Trainer):
+    """transformers' Trainer with the K-wise loss; a pair is a ranking with K = 2."""
+
+    def __init__(self, *args, use_margin: bool, center_coef: float, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.use_margin, self.center_coef = use_margin, center_coef
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        valid = inputs["valid"]  # (B, K)
+        flat = model(input_ids=inputs["input_ids"],
+                     attention_mask=inputs["attention_mask"]).logits[:, 0]  # (sum K,)
+        # back to (B, K): the collator flattened prompt by prompt, response by response
+        rewards = flat.new_zeros(valid.shape, dtype=flat.dtype).masked_scatter(valid, flat)
+        scores = inputs["scores"] if self.use_margin and bool(inputs["use_scores"]) else None
+        loss = kwise_ranking_loss(rewards, inputs["ranks"], valid, scores)
+        if self.center_coef:
+            loss = loss + self.center_coef * flat.pow(2).mean()
+        return (loss, {"rewards": rewards}) if return_outputs else loss
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad():
+            loss, outputs = self.compute_loss(model, inputs, return_outputs=True)
+        return loss.detach(), outputs["rewards"].detach(), None
+
+
+def load_data(cfg, out) -> tuple[list, list | None]:
+    stage, data = cfg.stage, cfg.data
+    if stage.data_format == "rankings":
+        train_rows = load_rankings(require(data.rankings_train, "data.rankings_train", "rm"),
+                                   cfg.debug.max_train_rows, out)
+        eval_rows = load_rankings(data.rankings_eval, cfg.debug.max_eval_rows, out) \
+            if data.rankings_eval else None
+    elif stage.data_format == "pairs":
+        train_rows = load_pairs(require(data.pairs_train, "data.pairs_train", "rm"),
+                                cfg.debug.max_train_rows, out)
+        eval_rows = load_pairs(data.pairs_eval, cfg.debug.max_eval_rows, out) \
+            if data.pairs_eval else None
+    else:
+        raise ConfigError(f"stage.data_format={stage.data_format!r}: use rankings or pairs")
+    return train_rows, eval_rows
+
+
+def evaluate_rankings(trainer, rows, dataset) -> dict:
+    """Rewards for every response of the held-out rows -> ranking metrics."""
+    predictions = trainer.predict(dataset).predictions  # (N, K_max), padded
+    rewards = [list(map(float, predictions[i][:len(r["responses"])])) for i, r in enumerate(rows)]
+    return ranking_metrics(rewards, [r["ranks"] for r in rows])
+
+
+def run(cfg) -> dict:
+    stage_run = StageRun(cfg)
+    out, stage = stage_run.out, cfg.stage
+    train_rows, eval_rows = load_data(cfg, out)
+    if stage.objective == "pairwise":  # the classic way: every pair its own example
+        train_rows = expand_to_pairs(train_rows)
+    elif stage.objective != "kwise":
+        raise ConfigError(f"stage.objective={stage.objective!r}: use kwise or pairwise")
+    resolve_model_path(cfg.model.path)
+
+    import datasets
+    from transformers import AutoModelForSequenceClassification, TrainingArguments
+
+    tokenizer = load_tokenizer(cfg.model)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        resolve_model_path(cfg.model.path), num_labels=1, dtype=torch_dtype(cfg.model),
+        trust_remote_code=cfg.model.trust_remote_code)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    tokenize = lambda rows: datasets.Dataset.from_list(  # noqa: E731
+        [tokenize_ranking(r, tokenizer, stage.max_length) for r in rows])
+    train_ds = tokenize(train_rows)
+    eval_ds = tokenize(eval_rows) if eval_rows else None
+
+    from rlhf.tracking.callback import TrackerCallback
+    args = TrainingArguments(**training_arguments(cfg, out), remove_unused_columns=False,
+                             label_names=[])
+    trainer = RankingTrainer(model=model, args=args, train_dataset=train_ds,
+                             eval_dataset=eval_ds, data_collator=RankingCollator(
+                                 tokenizer.pad_token_id), processing_class=tokenizer,
+                             callbacks=[TrackerCallback(stage_run.tracker)],
+                             use_margin=stage.use_margin, center_coef=stage.center_coef)
+    result = train(trainer, cfg, out)
+    forward_tokens = sum(len(s) for row in train_ds["input_ids"] for s in row)
+    metrics = {"train/loss": result.training_loss, "train_runtime_s": result.metrics[
+        "train_runtime"], "train/samples_per_second": result.metrics["train_samples_per_second"],
+        "train/steps": trainer.state.global_step, "train/examples": len(train_ds),
+        # tokens through the model per pass over the data, per prompt
+        "train/forward_tokens_per_prompt": forward_tokens / max(1, len(set(
+            json.dumps(r["prompt"]) for r in train_rows)))}
+    if eval_rows:
+        eval_metrics = evaluate_rankings(trainer, eval_rows, eval_ds)
+        stage_run.tracker.log(eval_metrics, step=trainer.state.global_step)
+        metrics.update(eval_metrics)
+    stats_rows = train_rows[:stage.reward_stats_rows]
+    stats = ranking_metrics_stats(trainer, stats_rows, tokenize(stats_rows))
+    save_final_model(trainer, tokenizer, cfg, out)
+    if is_main_process():
+        (out / "reward_stats.json").write_text(json.dumps(stats, indent=1))
+    return stage_run.finish({**metrics, **{f"reward_stats/{k}": v for k, v in stats.items()}})
+
+
+def ranking_metrics_stats(trainer, rows, dataset) -> dict:
+    """Mean and std of the rewards of training responses: PPO normalises rewards with them."""
+    predictions = trainer.predict(dataset).predictions
+    flat = [float(predictions[i][k]) for i, r in enumerate(rows)
+            for k in range(len(r["responses"]))]
+    mean = sum(flat) / len(flat)
+    std = math.sqrt(sum((x - mean) ** 2 for x in flat) / len(flat))
+    return {"mean": mean, "std": std, "count": len(flat)}
+
+
+__all__ = ["run", "RankingTrainer", "hf_log_to_metrics"]
