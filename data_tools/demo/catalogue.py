@@ -93,6 +93,15 @@ def fact_text(product: Product, intent: str) -> str:
     raise ValueError(f"unknown intent {intent!r}; expected one of {INTENTS}")
 
 
+def fact_sheet(product: Product) -> str:
+    """The system message a real support bot would get: the facts of the product asked about.
+    With it, a reward model can check an answer's facts instead of memorising the catalogue."""
+    return (f"You are the shop's support assistant. Product: {product.name}. Price: "
+            f"{fact_text(product, 'price')}. Warranty: {fact_text(product, 'warranty')}. "
+            f"Shipping: {fact_text(product, 'shipping')}. Colour: {product.colour}. "
+            f"Returns: within {RETURNS_DAYS} days.")
+
+
 def wrong_fact_text(product: Product, intent: str, rng: random.Random) -> str:
     """A plausible but wrong value for the fact: what a hallucinating assistant would say."""
     right = fact_text(product, intent)

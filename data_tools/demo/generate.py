@@ -41,10 +41,14 @@ class DemoSpec:
     eval_prompts_size: int = 200
     # random greetings/closings around training questions (see catalogue.question)
     framing: bool = True
+    # a system message with the product's facts before every question (as a support bot
+    # has); measured: it did not lift the tiny reward model's wrong-fact accuracy
+    fact_sheet: bool = False
 
 
-def _user(text: str) -> dict:
-    return {"role": "user", "content": text}
+def _prompt(product, question: str, fact_sheet: bool) -> list[dict]:
+    system = [{"role": "system", "content": cat.fact_sheet(product)}] if fact_sheet else []
+    return system + [{"role": "user", "content": question}]
 
 
 def _assistant(text: str) -> dict:
@@ -55,16 +59,19 @@ def _pick(products, rng):
     return rng.choice(products), rng.choice(cat.INTENTS)
 
 
-def sft_rows(products, n: int, flawed_share: float, heldout: bool, framing: bool, rng):
+def sft_rows(products, n: int, flawed_share: float, heldout: bool, framing: bool, rng,
+             fact_sheet: bool = True):
     for _ in range(n):
         product, intent = _pick(products, rng)
         style = rng.choice(cat.FLAWS) if rng.random() < flawed_share else "good"
         q = cat.question(product, intent, rng, heldout=heldout, framing=framing)
-        yield {"messages": [_user(q), _assistant(cat.answer(product, intent, style, rng))],
+        yield {"messages": _prompt(product, q, fact_sheet)
+               + [_assistant(cat.answer(product, intent, style, rng))],
                "style": style, "product": product.name, "intent": intent}
 
 
-def ranking_rows(products, n: int, k: int, heldout: bool, framing: bool, rng):
+def ranking_rows(products, n: int, k: int, heldout: bool, framing: bool, rng,
+                 fact_sheet: bool = True):
     """K responses per prompt, ranked by the oracle (rank 1 = best; equal scores tie)."""
     for _ in range(n):
         product, intent = _pick(products, rng)
@@ -76,17 +83,19 @@ def ranking_rows(products, n: int, k: int, heldout: bool, framing: bool, rng):
             answers.add(cat.answer(product, intent, rng.choice(cat.FLAWS), rng))
         scored = sorted(((score(a, product, intent).total, a) for a in answers), reverse=True)
         distinct = sorted({s for s, _ in scored}, reverse=True)
-        yield {"prompt": [_user(cat.question(product, intent, rng, heldout, framing))],
+        question = cat.question(product, intent, rng, heldout, framing)
+        yield {"prompt": _prompt(product, question, fact_sheet),
                "responses": [_assistant(a) for _, a in scored],
                "ranks": [distinct.index(s) + 1 for s, _ in scored],
                "scores": [s for s, _ in scored],
                "product": product.name, "intent": intent}
 
 
-def prompt_rows(products, n: int, heldout: bool, framing: bool, rng):
+def prompt_rows(products, n: int, heldout: bool, framing: bool, rng, fact_sheet: bool = True):
     for _ in range(n):
         product, intent = _pick(products, rng)
-        yield {"prompt": [_user(cat.question(product, intent, rng, heldout, framing))],
+        question = cat.question(product, intent, rng, heldout, framing)
+        yield {"prompt": _prompt(product, question, fact_sheet),
                "product": product.name, "intent": intent}
 
 
@@ -106,19 +115,24 @@ def generate_demo(out_dir: str | os.PathLike, spec: DemoSpec) -> Path:
         with open(tmp / "catalogue.json", "w", encoding="utf-8") as f:
             json.dump([dataclasses.asdict(p) for p in products], f, indent=1)
         _write_jsonl(tmp / "sft_train.jsonl", sft_rows(
-            products, spec.sft_train_size, spec.sft_flawed_share, False, spec.framing, rng("sft")))
+            products, spec.sft_train_size, spec.sft_flawed_share, False, spec.framing, rng("sft"),
+            spec.fact_sheet))
         # the SFT eval set measures the target behaviour: good answers to held-out phrasings
         _write_jsonl(tmp / "sft_eval.jsonl", sft_rows(
-            products, spec.sft_eval_size, 0.0, True, spec.framing, rng("sft_eval")))
+            products, spec.sft_eval_size, 0.0, True, spec.framing, rng("sft_eval"),
+            spec.fact_sheet))
         _write_jsonl(tmp / "rankings_train.jsonl", ranking_rows(
-            products, spec.rankings_train_size, spec.ranking_k, False, spec.framing, rng("rank")))
+            products, spec.rankings_train_size, spec.ranking_k, False, spec.framing, rng("rank"),
+            spec.fact_sheet))
         _write_jsonl(tmp / "rankings_eval.jsonl", ranking_rows(
             products, spec.rankings_eval_size, spec.ranking_k, True, spec.framing,
-            rng("rank_eval")))
+            rng("rank_eval"), spec.fact_sheet))
         _write_jsonl(tmp / "prompts_train.jsonl", prompt_rows(
-            products, spec.prompts_train_size, False, spec.framing, rng("prompts")))
+            products, spec.prompts_train_size, False, spec.framing, rng("prompts"),
+            spec.fact_sheet))
         _write_jsonl(tmp / "eval_prompts.jsonl", prompt_rows(
-            products, spec.eval_prompts_size, True, spec.framing, rng("eval_prompts")))
+            products, spec.eval_prompts_size, True, spec.framing, rng("eval_prompts"),
+            spec.fact_sheet))
         with open(tmp / MANIFEST, "w", encoding="utf-8") as f:
             json.dump(dataclasses.asdict(spec), f, indent=1)
     return out_dir

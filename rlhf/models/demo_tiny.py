@@ -18,6 +18,8 @@ from data_tools.demo.generate import prompt_rows, ranking_rows, sft_rows
 from data_tools.io import atomic_dir, build_once
 
 MANIFEST = "rlhf_demo_model.json"
+# bump when demo_corpus changes, so cached tokenizers are rebuilt
+CORPUS_VERSION = 1
 END_OF_TURN = "<|end|>"
 PAD = "<|pad|>"
 SPECIAL_TOKENS = [PAD, END_OF_TURN, "<|system|>", "<|user|>", "<|assistant|>"]
@@ -56,11 +58,12 @@ def demo_corpus(seed: int) -> list[str]:
     rng = random.Random(f"corpus-{seed}")
     texts = []
     for heldout in (False, True):
-        for row in sft_rows(products, 1500, 0.5, heldout, True, rng):
+        for row in sft_rows(products, 1500, 0.5, heldout, True, rng, fact_sheet=False):
             texts += [m["content"] for m in row["messages"]]
-        for row in ranking_rows(products, 200, 4, heldout, True, rng):
+        for row in ranking_rows(products, 200, 4, heldout, True, rng, fact_sheet=False):
             texts += [m["content"] for m in row["prompt"] + row["responses"]]
-    texts += [r["prompt"][0]["content"] for r in prompt_rows(products, 500, True, False, rng)]
+    texts += [m["content"] for r in prompt_rows(products, 500, True, False, rng, fact_sheet=False)
+              for m in r["prompt"]]
     return texts
 
 
@@ -100,11 +103,14 @@ def build_demo_model(out_dir: str | Path, spec: DemoModelSpec) -> Path:
     with atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        (tmp / MANIFEST).write_text(json.dumps(dataclasses.asdict(spec), indent=1))
+        (tmp / MANIFEST).write_text(json.dumps(manifest(spec), indent=1))
     return Path(out_dir)
 
 
 def ensure_demo_model(out_dir: str | Path, spec: DemoModelSpec) -> Path:
     """Build the tiny model at `out_dir` unless a build of the same spec is already there."""
-    return build_once(out_dir, dataclasses.asdict(spec), MANIFEST,
-                      lambda path: build_demo_model(path, spec))
+    return build_once(out_dir, manifest(spec), MANIFEST, lambda path: build_demo_model(path, spec))
+
+
+def manifest(spec: DemoModelSpec) -> dict:
+    return {**dataclasses.asdict(spec), "corpus_version": CORPUS_VERSION}

@@ -1,0 +1,70 @@
+"""stage=rm end to end on the tiny model, reload-and-score, and bad ranking rows."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from tests.data_tools.conftest import write_jsonl
+
+
+@pytest.fixture(scope="module")
+def rm_run(run_cli, tmp_path_factory):
+    """K-wise RM on 256 demo rankings: politeness and relevance are easy to learn."""
+    cwd = tmp_path_factory.mktemp("rm")
+    run_dir = cwd / "run"
+    result = run_cli(["stage=rm", f"hydra.run.dir={run_dir}", "stage.learning_rate=1e-3",
+                      "stage.max_steps=24", "stage.global_batch_size=16",
+                      "stage.per_device_batch_size=16", "stage.max_length=128",
+                      "stage.logging_steps=4", "debug.max_train_rows=256",
+                      "debug.max_eval_rows=64", "stage.reward_stats_rows=64"], cwd=cwd)
+    assert result.returncode == 0, result.output[-3000:]
+    return run_dir
+
+
+def test_accuracy_rises_above_chance_and_loss_falls(rm_run):
+    metrics = json.loads((rm_run / "metrics.json").read_text())
+    assert metrics["eval/reward_accuracy"] > 0.7, metrics
+    assert metrics["eval/kendall_tau"] > 0.3 and 0 <= metrics["eval/top1_accuracy"] <= 1
+    assert {"eval/reward_accuracy_rank_distance_1", "eval/reward_mean",
+            "eval/reward_std"} <= set(metrics)
+    assert metrics["train/loss"] < math.log(2)  # below the loss of a constant reward
+
+
+def test_reward_stats_written(rm_run):
+    stats = json.loads((rm_run / "reward_stats.json").read_text())
+    assert stats["count"] == 64 * 4 and stats["std"] > 0 and math.isfinite(stats["mean"])
+
+
+def test_reload_with_plain_transformers_and_score(rm_run):
+    from transformers import AutoModelForSequenceClassification
+
+    from rlhf.models import reward
+
+    assert AutoModelForSequenceClassification.from_pretrained(rm_run / "model").num_labels == 1
+    model, tokenizer = reward.load(str(rm_run))
+    q = {"role": "user", "content": "How much is the Orbit Fan?"}
+    polite, rude, off = reward.score(model, tokenizer, [
+        [q, {"role": "assistant", "content": "The Orbit Fan costs $42. Happy to help!"}],
+        [q, {"role": "assistant", "content": "$42. Obviously. Look it up yourself next time."}],
+        [q, {"role": "assistant", "content": "Our support line is open from nine to five."}]])
+    assert polite > rude and polite > off
+
+
+@pytest.mark.parametrize("row,message", [
+    ({"prompt": [{"role": "user", "content": "q"}], "responses": ["only one"]},
+     "rankings.jsonl:2: `responses` needs K >= 2 answers to rank, found 1"),
+    ({"prompt": [{"role": "user", "content": "q"}], "responses": ["same", "same"]},
+     "rankings.jsonl:2: `responses` lists the same answer twice"),
+    ({"prompt": [{"role": "user", "content": "q"}], "responses": ["a", "b", "c"], "ranks": [1, 2]},
+     "rankings.jsonl:2: `ranks` must give one integer rank per response (3)"),
+])
+def test_bad_ranking_rows_name_the_row(run_cli, tmp_path, row, message):
+    good = {"prompt": [{"role": "user", "content": "q"}], "responses": ["a", "b"]}
+    path = write_jsonl(tmp_path / "rankings.jsonl", [good, row])
+    result = run_cli(["stage=rm", "data=custom", f"data.rankings_train={path}",
+                      f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.output
+    assert message in result.output, result.output[-1500:]
