@@ -28,7 +28,6 @@ from rlhf.distributed import is_main_process
 from rlhf.errors import ConfigError
 from rlhf.models.loading import load_tokenizer, resolve_model_path, torch_dtype
 from rlhf.stages.common import StageRun, save_final_model, train, training_arguments
-from rlhf.tracking import hf_log_to_metrics
 
 
 class RankingTrainer(Trainer):
@@ -124,8 +123,8 @@ def run(cfg) -> dict:
         eval_metrics = evaluate_rankings(trainer, eval_rows, eval_ds)
         stage_run.tracker.log(eval_metrics, step=trainer.state.global_step)
         metrics.update(eval_metrics)
-    stats_rows = train_rows[:stage.reward_stats_rows]
-    stats = ranking_metrics_stats(trainer, stats_rows, tokenize(stats_rows))
+    n_stats = min(stage.reward_stats_rows, len(train_rows))
+    stats = ranking_metrics_stats(trainer, train_rows[:n_stats], train_ds.select(range(n_stats)))
     save_final_model(trainer, tokenizer, cfg, out)
     if is_main_process():
         (out / "reward_stats.json").write_text(json.dumps(stats, indent=1))
@@ -141,5 +140,3 @@ def ranking_metrics_stats(trainer, rows, dataset) -> dict:
     std = math.sqrt(sum((x - mean) ** 2 for x in flat) / len(flat))
     return {"mean": mean, "std": std, "count": len(flat)}
 
-
-__all__ = ["run", "RankingTrainer", "hf_log_to_metrics"]
