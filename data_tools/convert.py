@@ -6,10 +6,10 @@ K-wise reward models); every record -> its prompt, for PPO/GRPO.
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 from pathlib import Path
 
+from data_tools.ranking import ranked_pairs
 from data_tools.records import CONVERSATION, PAIR, RANKING, Record
 
 SETS = ("sft", "pairs", "rankings", "prompts")
@@ -21,16 +21,9 @@ def ranking_pairs(ranking: dict, mode: str) -> list[dict]:
     mode "all": every C(K,2) pair with different ranks; "adjacent": only responses on
     neighbouring rank levels. Ties give no pair. With scores, the margin is their difference.
     """
-    responses, ranks = ranking["responses"], ranking["ranks"]
-    scores = ranking.get("scores")
-    levels = sorted(set(ranks))
+    responses, scores = ranking["responses"], ranking.get("scores")
     pairs = []
-    for i, j in itertools.combinations(range(len(responses)), 2):
-        if ranks[i] == ranks[j]:
-            continue
-        better, worse = (i, j) if ranks[i] < ranks[j] else (j, i)
-        if mode == "adjacent" and levels.index(ranks[worse]) - levels.index(ranks[better]) != 1:
-            continue
+    for better, worse in ranked_pairs(ranking["ranks"], mode):
         pair = {"prompt": ranking["prompt"], "chosen": [responses[better]],
                 "rejected": [responses[worse]], "margin": None}
         if scores is not None:

@@ -25,6 +25,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Iterator
 
+from data_tools.ranking import ranks_from_scores
 from data_tools.records import (CONVERSATION, PAIR, RANKING, BadRow, Record, Rejected,
                                 UnreadableFile)
 
@@ -204,8 +205,7 @@ def ranking_of(obj: dict, roles) -> dict:
                          "bad_ranking")
         data["scores"] = [_number(s, "scores") for s in scores]
         if "ranks" not in data:  # higher score = better; equal scores tie
-            distinct = sorted(set(data["scores"]), reverse=True)
-            data["ranks"] = [distinct.index(s) + 1 for s in data["scores"]]
+            data["ranks"] = ranks_from_scores(data["scores"])
     data.setdefault("ranks", list(range(1, len(answers) + 1)))  # given best first
     return data
 

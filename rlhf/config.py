@@ -39,6 +39,16 @@ class Backend(str, Enum):
     deepspeed = "deepspeed"
 
 
+class RMObjective(str, Enum):
+    kwise = "kwise"  # one example per prompt with all C(K,2) comparisons (InstructGPT)
+    pairwise = "pairwise"  # rankings expanded into one example per pair (Bradley-Terry)
+
+
+class PreferenceFormat(str, Enum):
+    rankings = "rankings"  # data.rankings_*
+    pairs = "pairs"  # data.pairs_*
+
+
 class LoggerBackend(str, Enum):
     none = "none"
     wandb = "wandb"
@@ -148,11 +158,8 @@ class SFTStageConfig(TrainStageConfig):
 class RMStageConfig(TrainStageConfig):
     name: str = "rm"
     learning_rate: float = 1e-5
-    # kwise: one example per prompt with all C(K,2) comparisons (InstructGPT);
-    # pairwise: rankings expanded into one example per pair (Bradley-Terry)
-    objective: str = "kwise"
-    # rankings (data.rankings_*) or pairs (data.pairs_*)
-    data_format: str = "rankings"
+    objective: RMObjective = RMObjective.kwise
+    data_format: PreferenceFormat = PreferenceFormat.rankings
     # subtract the score difference from the data as a margin
     use_margin: bool = False
     # keeps rewards near zero: + coef * mean(reward^2)

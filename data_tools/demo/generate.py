@@ -20,6 +20,7 @@ from pathlib import Path
 from data_tools.demo import catalogue as cat
 from data_tools.demo.oracle import score
 from data_tools.io import atomic_dir, build_once
+from data_tools.ranking import ranks_from_scores
 
 MANIFEST = "demo_manifest.json"
 
@@ -82,11 +83,10 @@ def ranking_rows(products, n: int, k: int, heldout: bool, framing: bool, rng,
         while len(answers) < k:  # two styles happened to give the same text
             answers.add(cat.answer(product, intent, rng.choice(cat.FLAWS), rng))
         scored = sorted(((score(a, product, intent).total, a) for a in answers), reverse=True)
-        distinct = sorted({s for s, _ in scored}, reverse=True)
         question = cat.question(product, intent, rng, heldout, framing)
         yield {"prompt": _prompt(product, question, fact_sheet),
                "responses": [_assistant(a) for _, a in scored],
-               "ranks": [distinct.index(s) + 1 for s, _ in scored],
+               "ranks": ranks_from_scores([s for s, _ in scored]),
                "scores": [s for s, _ in scored],
                "product": product.name, "intent": intent}
 

@@ -72,7 +72,7 @@ def check_messages(messages, where: str, field: str, final_role: str | None) -> 
                         f"with {final_role!r}")
 
 
-def _load_checked(path: str, check, max_rows: int | None, bad_rows_dir: Path | None) -> list:
+def load_checked(path: str, check, max_rows: int | None, bad_rows_dir: Path | None) -> list:
     """Check every row with `check(row, where) -> row`; stop on bad rows, listing all of them."""
     rows, bad = [], []
     for where, row in iter_rows(path):
@@ -109,7 +109,7 @@ def load_conversations(path: str, max_rows: int | None = None,
         check_messages(row["messages"], where, "messages", final_role="assistant")
         return {"messages": [{"role": m["role"], "content": m["content"]}
                              for m in row["messages"]]}
-    return _load_checked(path, check, max_rows, bad_rows_dir)
+    return load_checked(path, check, max_rows, bad_rows_dir)
 
 
 def load_prompts(path: str, max_rows: int | None = None,
@@ -122,7 +122,7 @@ def load_prompts(path: str, max_rows: int | None = None,
                             '{"prompt": [{"role": "user", "content": ...}]}')
         check_messages(row["prompt"], where, "prompt", final_role="user")
         return row
-    return _load_checked(path, check, max_rows, bad_rows_dir)
+    return load_checked(path, check, max_rows, bad_rows_dir)
 
 
 def require(value: str | None, field: str, stage: str) -> str:

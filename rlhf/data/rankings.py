@@ -10,7 +10,8 @@ from pathlib import Path
 
 import torch
 
-from rlhf.data.loading import _load_checked, check_messages
+from data_tools.ranking import ranked_pairs, ranks_from_scores
+from rlhf.data.loading import load_checked, check_messages
 from rlhf.errors import DataError
 
 
@@ -41,8 +42,7 @@ def _check_ranking(row: dict, where: str) -> dict:
     if ranks is None and scores is None:
         ranks = list(range(1, len(texts) + 1))  # given best first
     if ranks is None:
-        distinct = sorted(set(scores), reverse=True)
-        ranks = [distinct.index(s) + 1 for s in scores]
+        ranks = ranks_from_scores(scores)
     if not isinstance(ranks, list) or len(ranks) != len(texts) or \
             not all(isinstance(r, int) for r in ranks):
         raise DataError(f"{where}: `ranks` must give one integer rank per response "
@@ -69,28 +69,22 @@ def _check_pair(row: dict, where: str) -> dict:
 
 def load_rankings(path: str, max_rows: int | None = None,
                   bad_rows_dir: Path | None = None) -> list[dict]:
-    return _load_checked(path, _check_ranking, max_rows, bad_rows_dir)
+    return load_checked(path, _check_ranking, max_rows, bad_rows_dir)
 
 
 def load_pairs(path: str, max_rows: int | None = None,
                bad_rows_dir: Path | None = None) -> list[dict]:
-    return _load_checked(path, _check_pair, max_rows, bad_rows_dir)
+    return load_checked(path, _check_pair, max_rows, bad_rows_dir)
 
 
 def expand_to_pairs(rankings: list[dict]) -> list[dict]:
     """Every non-tied pair of each ranking as its own K = 2 row (the classic way)."""
     out = []
     for r in rankings:
-        k = len(r["responses"])
-        for i in range(k):
-            for j in range(i + 1, k):
-                if r["ranks"][i] == r["ranks"][j]:
-                    continue
-                a, b = (i, j) if r["ranks"][i] < r["ranks"][j] else (j, i)
-                scores = None if r["scores"] is None else [r["scores"][a], r["scores"][b]]
-                out.append({"prompt": r["prompt"], "responses": [r["responses"][a],
-                                                                 r["responses"][b]],
-                            "ranks": [1, 2], "scores": scores})
+        for a, b in ranked_pairs(r["ranks"]):
+            scores = None if r["scores"] is None else [r["scores"][a], r["scores"][b]]
+            out.append({"prompt": r["prompt"], "responses": [r["responses"][a], r["responses"][b]],
+                        "ranks": [1, 2], "scores": scores})
     return out
 
 

@@ -3,6 +3,7 @@ fields, and the start and end of every stage (config, tracker, metrics.json)."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -91,6 +92,20 @@ class StageRun:
             runs.write_metrics(self.out, metrics)
         self.tracker.finish(summary=metrics)
         return metrics
+
+
+def train_summary(trainer, result) -> dict:
+    """The shared training metrics of a finished `trainer.train()`."""
+    return {"train/loss": result.training_loss,
+            "train_runtime_s": result.metrics["train_runtime"],
+            "train/samples_per_second": result.metrics["train_samples_per_second"],
+            "train/steps": trainer.state.global_step}
+
+
+def write_log_history(trainer, out: Path) -> None:
+    """Every logged step (loss curve, eval) as `log_history.json`, on rank 0."""
+    if is_main_process():
+        (out / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))
 
 
 def train(trainer, cfg, out: Path):

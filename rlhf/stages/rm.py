@@ -14,7 +14,7 @@ on training prompts, for reward normalisation in PPO) and `metrics.json`.
 from __future__ import annotations
 
 import json
-import math
+from statistics import mean, pstdev
 
 import torch
 from transformers import Trainer
@@ -24,10 +24,11 @@ from rlhf.algorithms.reward_losses import kwise_ranking_loss
 from rlhf.data.loading import require
 from rlhf.data.rankings import (RankingCollator, expand_to_pairs, load_pairs, load_rankings,
                                 tokenize_ranking)
+from rlhf.config import PreferenceFormat, RMObjective
 from rlhf.distributed import is_main_process
-from rlhf.errors import ConfigError
 from rlhf.models.loading import load_tokenizer, resolve_model_path, torch_dtype
-from rlhf.stages.common import StageRun, save_final_model, train, training_arguments
+from rlhf.stages.common import (StageRun, save_final_model, train, train_summary,
+                                training_arguments, write_log_history)
 
 
 class RankingTrainer(Trainer):
@@ -58,44 +59,45 @@ class RankingTrainer(Trainer):
 
 def load_data(cfg, out) -> tuple[list, list | None]:
     stage, data = cfg.stage, cfg.data
-    if stage.data_format == "rankings":
+    if stage.data_format == PreferenceFormat.rankings:
         train_rows = load_rankings(require(data.rankings_train, "data.rankings_train", "rm"),
                                    cfg.debug.max_train_rows, out)
         eval_rows = load_rankings(data.rankings_eval, cfg.debug.max_eval_rows, out) \
             if data.rankings_eval else None
-    elif stage.data_format == "pairs":
+    else:
         train_rows = load_pairs(require(data.pairs_train, "data.pairs_train", "rm"),
                                 cfg.debug.max_train_rows, out)
         eval_rows = load_pairs(data.pairs_eval, cfg.debug.max_eval_rows, out) \
             if data.pairs_eval else None
-    else:
-        raise ConfigError(f"stage.data_format={stage.data_format!r}: use rankings or pairs")
     return train_rows, eval_rows
 
 
-def evaluate_rankings(trainer, rows, dataset) -> dict:
-    """Rewards for every response of the held-out rows -> ranking metrics."""
+def predict_rewards(trainer, rows, dataset) -> list[list[float]]:
+    """The reward of every response of every row (a collective under DeepSpeed)."""
     predictions = trainer.predict(dataset).predictions  # (N, K_max), padded
-    rewards = [list(map(float, predictions[i][:len(r["responses"])])) for i, r in enumerate(rows)]
-    return ranking_metrics(rewards, [r["ranks"] for r in rows])
+    return [list(map(float, predictions[i][:len(r["responses"])])) for i, r in enumerate(rows)]
+
+
+def reward_stats(rewards: list[list[float]]) -> dict:
+    """Mean and std of the rewards of training responses: PPO normalises rewards with them."""
+    flat = [x for row in rewards for x in row]
+    return {"mean": mean(flat), "std": pstdev(flat), "count": len(flat)}
 
 
 def run(cfg) -> dict:
     stage_run = StageRun(cfg)
     out, stage = stage_run.out, cfg.stage
     train_rows, eval_rows = load_data(cfg, out)
-    if stage.objective == "pairwise":  # the classic way: every pair its own example
+    if stage.objective == RMObjective.pairwise:  # the classic way: every pair its own example
         train_rows = expand_to_pairs(train_rows)
-    elif stage.objective != "kwise":
-        raise ConfigError(f"stage.objective={stage.objective!r}: use kwise or pairwise")
-    resolve_model_path(cfg.model.path)
+    model_path = resolve_model_path(cfg.model.path)  # fails before the slow imports
 
     import datasets
     from transformers import AutoModelForSequenceClassification, TrainingArguments
 
     tokenizer = load_tokenizer(cfg.model)
     model = AutoModelForSequenceClassification.from_pretrained(
-        resolve_model_path(cfg.model.path), num_labels=1, dtype=torch_dtype(cfg.model),
+        model_path, num_labels=1, dtype=torch_dtype(cfg.model),
         trust_remote_code=cfg.model.trust_remote_code)
     model.config.pad_token_id = tokenizer.pad_token_id
     tokenize = lambda rows: datasets.Dataset.from_list(  # noqa: E731
@@ -113,30 +115,22 @@ def run(cfg) -> dict:
                              use_margin=stage.use_margin, center_coef=stage.center_coef)
     result = train(trainer, cfg, out)
     forward_tokens = sum(len(s) for row in train_ds["input_ids"] for s in row)
-    metrics = {"train/loss": result.training_loss, "train_runtime_s": result.metrics[
-        "train_runtime"], "train/samples_per_second": result.metrics["train_samples_per_second"],
-        "train/steps": trainer.state.global_step, "train/examples": len(train_ds),
+    metrics = {**train_summary(trainer, result), "train/examples": len(train_ds),
         # tokens through the model per pass over the data, per prompt
         "train/forward_tokens_per_prompt": forward_tokens / max(1, len(set(
             json.dumps(r["prompt"]) for r in train_rows)))}
     if eval_rows:
-        eval_metrics = evaluate_rankings(trainer, eval_rows, eval_ds)
+        eval_metrics = ranking_metrics(predict_rewards(trainer, eval_rows, eval_ds),
+                                       [r["ranks"] for r in eval_rows])
         stage_run.tracker.log(eval_metrics, step=trainer.state.global_step)
         metrics.update(eval_metrics)
     n_stats = min(stage.reward_stats_rows, len(train_rows))
-    stats = ranking_metrics_stats(trainer, train_rows[:n_stats], train_ds.select(range(n_stats)))
+    stats = reward_stats(predict_rewards(trainer, train_rows[:n_stats],
+                                         train_ds.select(range(n_stats))))
     save_final_model(trainer, tokenizer, cfg, out)
+    write_log_history(trainer, out)
     if is_main_process():
         (out / "reward_stats.json").write_text(json.dumps(stats, indent=1))
     return stage_run.finish({**metrics, **{f"reward_stats/{k}": v for k, v in stats.items()}})
 
-
-def ranking_metrics_stats(trainer, rows, dataset) -> dict:
-    """Mean and std of the rewards of training responses: PPO normalises rewards with them."""
-    predictions = trainer.predict(dataset).predictions
-    flat = [float(predictions[i][k]) for i, r in enumerate(rows)
-            for k in range(len(r["responses"]))]
-    mean = sum(flat) / len(flat)
-    std = math.sqrt(sum((x - mean) ** 2 for x in flat) / len(flat))
-    return {"mean": mean, "std": std, "count": len(flat)}
 

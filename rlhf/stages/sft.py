@@ -11,14 +11,13 @@ template), `metrics.json` (eval loss and perplexity) and `config.yaml` to the ru
 
 from __future__ import annotations
 
-import json
 import math
 
 from rlhf.data.loading import load_conversations, require
-from rlhf.distributed import is_main_process
 from rlhf.models.loading import (load_causal_lm, load_tokenizer, peft_config,
                                  resolve_model_path)
-from rlhf.stages.common import StageRun, save_final_model, train, training_arguments
+from rlhf.stages.common import (StageRun, save_final_model, train, train_summary,
+                                training_arguments, write_log_history)
 from rlhf.tracking import hf_log_to_metrics
 
 
@@ -66,11 +65,8 @@ def run(cfg) -> dict:
                          callbacks=[TrackerCallback(stage_run.tracker), memory])
     train_result = train(trainer, cfg, out)
 
-    metrics = {"train/loss": train_result.training_loss,
-               "train_runtime_s": train_result.metrics["train_runtime"],
-               "train/samples_per_second": train_result.metrics["train_samples_per_second"],
-               "train/steps": trainer.state.global_step,
-               **parameter_counts(trainer.model), **memory_metrics(memory)}
+    metrics = {**train_summary(trainer, train_result), **parameter_counts(trainer.model),
+               **memory_metrics(memory)}
     if eval_ds is not None:
         eval_metrics = hf_log_to_metrics(trainer.evaluate())
         eval_metrics["eval/perplexity"] = math.exp(min(eval_metrics["eval/loss"], 50.0))
@@ -78,7 +74,5 @@ def run(cfg) -> dict:
         metrics.update(eval_metrics)
 
     save_final_model(trainer, tokenizer, cfg, out)
-    if is_main_process():
-        with open(out / "log_history.json", "w", encoding="utf-8") as f:
-            json.dump(trainer.state.log_history, f, indent=1)
+    write_log_history(trainer, out)
     return stage_run.finish(metrics)
