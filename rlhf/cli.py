@@ -30,6 +30,9 @@ STAGES = {
     "sft": "rlhf.stages.sft",
     "rm": "rlhf.stages.rm",
     "eval": "rlhf.stages.eval",
+    "dpo": "rlhf.stages.dpo",
+    "grpo": "rlhf.stages.online_rl",
+    "rloo": "rlhf.stages.online_rl",
     "pipeline": "rlhf.stages.pipeline",
 }
 # stages that run in one process whatever distributed.nproc_per_node says (the pipeline's

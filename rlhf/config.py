@@ -49,6 +49,19 @@ class PreferenceFormat(str, Enum):
     pairs = "pairs"  # data.pairs_*
 
 
+class DPOReference(str, Enum):
+    model = "model"  # a frozen copy of stage.reference_path (default: model.path, the SFT model)
+    lora_base = "lora_base"  # the policy with its LoRA adapters disabled (model.lora.enabled)
+    precomputed = "precomputed"  # reference log-probs computed once before training
+
+
+# TRL's DPOTrainer losses; simpo and orpo are reference-free and run on TRL's CPO/ORPO trainers
+DPO_LOSSES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair",
+              "sppo_hard", "aot", "aot_unpaired", "apo_zero", "apo_down", "discopop",
+              "sigmoid_norm")
+REFERENCE_FREE_LOSSES = ("simpo", "orpo")
+
+
 class LoggerBackend(str, Enum):
     none = "none"
     wandb = "wandb"
@@ -169,18 +182,69 @@ class RMStageConfig(TrainStageConfig):
 
 
 @dataclass
-class EvalStageConfig:
-    name: str = "eval"
+class HeldOutEvalConfig:
+    """Answers to held-out prompts (data.eval_prompts), scored: stage=eval, and the end of
+    every policy-training stage (dpo, grpo, rloo)."""
     seed: int = 0
-    # held-out prompts answered (from data.eval_prompts); 0 = all
+    # held-out prompts answered; 0 = all
     max_prompts: int = 200
     max_new_tokens: int = 64
     batch_size: int = 50
     greedy: bool = True
-    # also sample one answer per prompt at this temperature (0 = skip)
+    # also sample one answer per prompt at this temperature (0 = skip); KL to the reference
+    # is estimated on these samples, without bias at temperature 1
     sample_temperature: float = 1.0
     # answers printed and logged as a table
     num_examples: int = 5
+    # a reward model (stage=rm run dir or checkpoint): its mean score on the answers
+    reward_model: Optional[str] = None
+    # a causal LM (e.g. the SFT run): KL(policy || reference) on the sampled answers
+    reference_path: Optional[str] = None
+
+
+@dataclass
+class EvalStageConfig(HeldOutEvalConfig):
+    name: str = "eval"
+
+
+@dataclass
+class DPOStageConfig(TrainStageConfig):
+    name: str = "dpo"
+    learning_rate: float = 1e-6
+    # strength of the pull towards the reference (the KL coefficient of the implied reward)
+    beta: float = 0.1
+    # one of DPO_LOSSES, or the reference-free simpo / orpo
+    loss_type: str = "sigmoid"
+    # probability that a label is flipped (robust) or the EXO epsilon
+    label_smoothing: float = 0.0
+    # SimPO's target reward margin (loss_type=simpo)
+    simpo_gamma: float = 0.5
+    reference: DPOReference = DPOReference.model
+    # the reference model for reference=model/precomputed; null: model.path
+    reference_path: Optional[str] = None
+    # pairs (data.pairs_*) or rankings (data.rankings_*) expanded to their non-tied pairs
+    data_format: PreferenceFormat = PreferenceFormat.rankings
+    heldout: HeldOutEvalConfig = field(default_factory=HeldOutEvalConfig)
+
+
+@dataclass
+class OnlineRLStageConfig(TrainStageConfig):
+    """GRPO and RLOO: sample a group of answers per prompt, reward them, update the policy.
+    global_batch_size and per_device_batch_size count completions (prompts x group)."""
+    name: str = MISSING
+    learning_rate: float = 1e-6
+    # a stage=rm run (or checkpoint); its rewards are normalised with its reward_stats.json
+    reward_model: Optional[str] = None
+    reward_model_weight: float = 1.0
+    # extra reward functions: [{_target_: pkg.module.fn_or_class, weight: 1.0, ...kwargs}]
+    reward_funcs: List[Any] = field(default_factory=list)
+    # answers sampled per prompt (the group)
+    num_generations: int = 8
+    # KL coefficient towards the reference (the starting model); 0 drops the reference
+    beta: float = 0.04
+    max_new_tokens: int = 64
+    temperature: float = 1.0
+    heldout: HeldOutEvalConfig = field(default_factory=HeldOutEvalConfig)
 
 
 @dataclass
@@ -278,7 +342,8 @@ def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="rlhf_schema", node=Config)
     for name, node in {"sft": SFTStageConfig, "rm": RMStageConfig, "eval": EvalStageConfig,
-                       "pipeline": PipelineStageConfig}.items():
+                       "dpo": DPOStageConfig, "grpo": OnlineRLStageConfig,
+                       "rloo": OnlineRLStageConfig, "pipeline": PipelineStageConfig}.items():
         cs.store(group="stage", name=f"{name}_schema", node=node)
     for group, node in {"model": ModelConfig, "data": DataConfig,
                         "distributed": DistributedConfig, "logger": LoggerConfig,
@@ -298,6 +363,10 @@ def validate(cfg: Any, world: int | None = None) -> None:
     validate_distributed(cfg.distributed)
     if hasattr(cfg.stage, "global_batch_size"):
         validate_training(cfg.stage, world)
+    if cfg.stage.name == "dpo" and cfg.stage.reference == DPOReference.lora_base and \
+            not cfg.model.lora.enabled:
+        raise ConfigError("stage.reference=lora_base uses the policy with its adapters disabled; "
+                          "set model.lora.enabled=true, or use stage.reference=model")
 
 
 def validate_distributed(dist: Any) -> None:
@@ -336,3 +405,29 @@ def validate_training(stage: Any, world: int) -> None:
                           "by itself; also set stage.packing=true")
     if stage.max_steps == 0:
         raise ConfigError("stage.max_steps=0 trains nothing; use -1 (epochs) or a positive count")
+    if stage.name == "dpo":
+        validate_dpo(stage)
+    if stage.name in ("grpo", "rloo"):
+        validate_online_rl(stage, world)
+
+
+def validate_dpo(stage: Any) -> None:
+    if stage.loss_type not in DPO_LOSSES + REFERENCE_FREE_LOSSES:
+        raise ConfigError(f"stage.loss_type={stage.loss_type!r} is not a known loss; use one of "
+                          f"{', '.join(DPO_LOSSES + REFERENCE_FREE_LOSSES)}")
+    if stage.loss_type == "robust" and not 0 <= stage.label_smoothing < 0.5:
+        raise ConfigError(f"stage.label_smoothing={stage.label_smoothing}: robust DPO reads it as "
+                          "the chance a label is flipped; it must be in [0, 0.5)")
+
+
+def validate_online_rl(stage: Any, world: int) -> None:
+    if stage.num_generations < 2:
+        raise ConfigError(f"stage.num_generations={stage.num_generations}: {stage.name} compares "
+                          "answers within a group; sample at least 2 per prompt")
+    if stage.global_batch_size % stage.num_generations:
+        raise ConfigError(f"stage.global_batch_size={stage.global_batch_size} counts completions "
+                          f"and must be a multiple of stage.num_generations="
+                          f"{stage.num_generations} (whole groups per step)")
+    if not stage.reward_model and not stage.reward_funcs:
+        raise ConfigError(f"stage={stage.name} needs a reward: set stage.reward_model=<stage=rm "
+                          "run dir> and/or stage.reward_funcs=[{_target_: pkg.module.fn}]")

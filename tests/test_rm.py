@@ -68,3 +68,32 @@ def test_bad_ranking_rows_name_the_row(run_cli, tmp_path, row, message):
                       f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
     assert result.returncode == 2 and "Traceback" not in result.output
     assert message in result.output, result.output[-1500:]
+
+
+def test_pairwise_lora_on_trl_reloads_the_merged_model(run_cli, cache_dir, tmp_path):
+    """Pairwise runs on TRL's RewardTrainer; LoRA adapters and the new score head are merged
+    on save, so the plain reloaded model reproduces the stage's own held-out accuracy."""
+    from rlhf.algorithms.ranking_metrics import ranking_metrics
+    from rlhf.data.rankings import load_rankings
+    from rlhf.models import reward
+
+    run_dir = tmp_path / "run"
+    result = run_cli(["stage=rm", "stage.objective=pairwise", "model.lora.enabled=true",
+                      "model.lora.r=8", f"hydra.run.dir={run_dir}", "stage.learning_rate=2e-3",
+                      "stage.max_steps=12", "stage.global_batch_size=16",
+                      "stage.per_device_batch_size=16", "stage.max_length=128",
+                      "stage.use_margin=true", "debug.max_train_rows=64",
+                      "debug.max_eval_rows=48", "stage.reward_stats_rows=16"], cwd=tmp_path)
+    assert result.returncode == 0, result.output[-3000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["train/examples"] > 64 and math.isfinite(metrics["train/loss"])
+    assert (run_dir / "model" / "adapter" / "adapter_config.json").exists()
+    model, tokenizer = reward.load(str(run_dir))
+    rows = load_rankings(str(cache_dir / "demo_data" / "rankings_eval.jsonl"), 48)
+    rewards = [reward.score(model, tokenizer, [r["prompt"] + [{"role": "assistant",
+                                                               "content": a}]
+                                               for a in r["responses"]]) for r in rows]
+    reloaded = ranking_metrics(rewards, [r["ranks"] for r in rows])
+    assert reloaded["eval/reward_accuracy"] == pytest.approx(
+        metrics["eval/reward_accuracy"], abs=0.02)
+    assert reloaded["eval/reward_accuracy"] > 0.6  # the merged adapters are not a no-op

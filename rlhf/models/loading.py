@@ -89,8 +89,9 @@ def load_causal_lm(model_cfg, path: str | None = None):
         raise ModelLoadError(f"model.path={path}: cannot load the model ({err})") from None
 
 
-def peft_config(model_cfg):
-    """A peft LoraConfig for `model.lora.enabled=true`, else None (full fine-tuning)."""
+def peft_config(model_cfg, task_type: str = "CAUSAL_LM"):
+    """A peft LoraConfig for `model.lora.enabled=true`, else None (full fine-tuning).
+    task_type SEQ_CLS (reward models) also trains and saves the new score head."""
     lora = model_cfg.lora
     if not lora.enabled:
         return None
@@ -99,4 +100,4 @@ def peft_config(model_cfg):
     targets = list(lora.target_modules)
     return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                       target_modules="all-linear" if targets == ["all-linear"] else targets,
-                      task_type="CAUSAL_LM")
+                      task_type=task_type)

@@ -102,6 +102,18 @@ def train_summary(trainer, result) -> dict:
             "train/steps": trainer.state.global_step}
 
 
+def last_train_log(trainer, prefix: str | tuple[str, ...]) -> dict:
+    """The newest logged training values whose shared name starts with `prefix`, e.g. the
+    `rewards/*` of a preference trainer (TRL logs them averaged since the previous log)."""
+    from rlhf.tracking import hf_log_to_metrics
+
+    for entry in reversed(trainer.state.log_history):
+        found = {k: v for k, v in hf_log_to_metrics(entry).items() if k.startswith(prefix)}
+        if found:
+            return found
+    return {}
+
+
 def write_log_history(trainer, out: Path) -> None:
     """Every logged step (loss curve, eval) as `log_history.json`, on rank 0."""
     if is_main_process():

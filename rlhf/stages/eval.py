@@ -1,10 +1,14 @@
-"""Generation evaluation: answer held-out prompts and score the answers.
+"""Held-out evaluation: answer held-out prompts and score the answers.
 
-    rlhf stage=eval model.path=outputs/demo/<run>/sft     # a stage's run dir or a checkpoint
+    rlhf stage=eval model.path=outputs/demo/<run>/sft                    # a run dir or checkpoint
+    rlhf stage=eval model.path=<dpo run> stage.reward_model=<rm run> stage.reference_path=<sft run>
 
-On the demo, the oracle scores each answer (fact, politeness, relevance; DESIGN.md section 5),
-greedy and sampled, since greedy scores swing between seeds. Writes `samples.jsonl` (every
-prompt with its answers and scores) and `metrics.json` (`eval/oracle_greedy`, ...).
+Greedy and sampled answers (greedy scores swing between seeds). On the demo the oracle scores
+each answer (fact, politeness, relevance; DESIGN.md section 5). With `reward_model`, the mean
+reward-model score is reported beside the oracle's, so reward hacking shows; with
+`reference_path`, the KL from the reference to the policy on the sampled answers. dpo, grpo and
+rloo end with the same evaluation (their `stage.heldout`). Writes `samples.jsonl` (every prompt
+with its answers and scores) and `metrics.json` (`eval/oracle_greedy`, `eval/kl_to_reference`...).
 """
 
 from __future__ import annotations
@@ -16,10 +20,11 @@ from statistics import mean
 import torch
 
 from data_tools.demo.oracle import Oracle
+from rlhf.algorithms.kl import sequence_kl
 from rlhf.data.loading import load_prompts, require
 from rlhf.distributed import is_main_process
-from rlhf.models.generation import generate_answers
-from rlhf.models.loading import load_causal_lm, load_tokenizer
+from rlhf.models.generation import answer_logprobs, default_device, generate
+from rlhf.models.loading import CHECKPOINT_SUBDIR, load_causal_lm, load_tokenizer
 from rlhf.stages.common import StageRun
 
 
@@ -43,37 +48,95 @@ def score_answers(oracle: Oracle, rows: list[dict], answers: list[str], mode: st
             f"eval/oracle_relevant_{mode}": mean(s.relevant for s in scores)}
 
 
-def run(cfg) -> dict:
-    stage_run = StageRun(cfg)
-    stage, out = cfg.stage, stage_run.out
+def reward_model_scores(path: str, rows: list[dict], answers: list[str], mode: str,
+                        batch_size: int) -> dict:
+    from rlhf.models import reward
+
+    model, tokenizer = reward.load(path)
+    scores = reward.score(model.to(default_device()), tokenizer,
+                          [r["prompt"] + [{"role": "assistant", "content": a}]
+                           for r, a in zip(rows, answers)], batch_size)
+    for row, s in zip(rows, scores):
+        row.setdefault("reward_model", {})[mode] = s
+    return {f"eval/reward_model_{mode}": mean(scores)}
+
+
+def kl_to_reference(cfg, path: str, policy, answers, batch_size: int) -> dict:
+    """KL(policy || reference) on the policy's own samples (rlhf/algorithms/kl.py)."""
+    reference = load_causal_lm(cfg.model, path).to(policy.device)
+    pad = load_tokenizer(cfg.model).pad_token_id
+    policy_logps, mask = answer_logprobs(policy, answers.prompt_ids, answers.answer_ids,
+                                         batch_size, pad)
+    ref_logps, _ = answer_logprobs(reference, answers.prompt_ids, answers.answer_ids,
+                                   batch_size, pad)
+    kl = sequence_kl(policy_logps, ref_logps, mask)  # (N,)
+    return {"eval/kl_to_reference": kl.mean().item(),
+            "eval/kl_to_reference_per_token": (kl.sum() / mask.sum().clamp(min=1)).item()}
+
+
+def evaluate_policy(cfg, settings, model_path: str, stage_run: StageRun,
+                    reward_model: str | None = None, reference_path: str | None = None) -> dict:
+    """Answer data.eval_prompts with the model at `model_path` and score the answers.
+    `settings` is a HeldOutEvalConfig (stage=eval's own config, or a stage's `heldout`)."""
+    out = stage_run.out
     tokenizer = load_tokenizer(cfg.model)
-    model = load_causal_lm(cfg.model)
-    caps = [c for c in (stage.max_prompts or None, cfg.debug.max_eval_rows) if c]
-    rows = load_prompts(require(cfg.data.eval_prompts, "data.eval_prompts", "eval"),
+    model = load_causal_lm(cfg.model, model_path).to(default_device())
+    caps = [c for c in (settings.max_prompts or None, cfg.debug.max_eval_rows) if c]
+    rows = load_prompts(require(cfg.data.eval_prompts, "data.eval_prompts", cfg.stage.name),
                         min(caps) if caps else None, bad_rows_dir=out)
     oracle = demo_oracle(cfg, rows)
 
-    modes = {"greedy": 0.0} if stage.greedy else {}
-    if stage.sample_temperature > 0:
-        modes["sampled"] = stage.sample_temperature
+    modes = {"greedy": 0.0} if settings.greedy else {}
+    if settings.sample_temperature > 0:
+        modes["sampled"] = settings.sample_temperature
     metrics = {"eval/num_prompts": len(rows)}
-    torch.manual_seed(stage.seed)
+    torch.manual_seed(settings.seed)
     for mode, temperature in modes.items():
-        answers = generate_answers(model, tokenizer, [r["prompt"] for r in rows],
-                                   stage.max_new_tokens, stage.batch_size, temperature)
-        for row, answer in zip(rows, answers):
+        answers = generate(model, tokenizer, [r["prompt"] for r in rows],
+                           settings.max_new_tokens, settings.batch_size, temperature)
+        for row, answer in zip(rows, answers.texts):
             row.setdefault("answers", {})[mode] = answer
-        metrics[f"eval/answer_words_{mode}"] = mean(len(a.split()) for a in answers)
+        metrics[f"eval/answer_words_{mode}"] = mean(len(a.split()) for a in answers.texts)
         if oracle is not None:
-            metrics.update(score_answers(oracle, rows, answers, mode))
+            metrics.update(score_answers(oracle, rows, answers.texts, mode))
+        if reward_model:
+            metrics.update(reward_model_scores(reward_model, rows, answers.texts, mode,
+                                               settings.batch_size))
+        if reference_path and mode == "sampled":
+            metrics.update(kl_to_reference(cfg, reference_path, model, answers,
+                                           settings.batch_size))
 
     if is_main_process():
         with open(out / "samples.jsonl", "w", encoding="utf-8") as f:
             for row in rows:
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    show_examples(rows[:stage.num_examples], stage_run.tracker)
+    show_examples(rows[:settings.num_examples], stage_run.tracker)
     stage_run.tracker.log(metrics)
-    return stage_run.finish(metrics)
+    return metrics
+
+
+def evaluate_trained_policy(cfg, stage_run: StageRun, reward_model: str | None,
+                            reference_path: str | None) -> dict:
+    """The end of dpo, grpo and rloo: rank 0 evaluates the saved `<run dir>/model` on one
+    device while the other ranks wait (the checkpoint is whole even under ZeRO-3)."""
+    import torch.distributed as dist
+
+    metrics = {}
+    if not cfg.data.eval_prompts:
+        print(f"rlhf: no data.eval_prompts; stage={cfg.stage.name} skips the held-out evaluation")
+    elif is_main_process():
+        metrics = evaluate_policy(cfg, cfg.stage.heldout, str(stage_run.out / CHECKPOINT_SUBDIR),
+                                  stage_run, reward_model, reference_path)
+    if dist.is_initialized():
+        dist.barrier()
+    return metrics
+
+
+def run(cfg) -> dict:
+    stage_run = StageRun(cfg)
+    stage = cfg.stage
+    return stage_run.finish(evaluate_policy(cfg, stage, cfg.model.path, stage_run,
+                                            stage.reward_model, stage.reference_path))
 
 
 def show_examples(rows: list[dict], tracker) -> None:

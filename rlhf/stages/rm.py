@@ -4,8 +4,11 @@
     rlhf stage=rm stage.objective=pairwise                            # rankings expanded to pairs
     rlhf stage=rm stage.data_format=pairs data.pairs_train=pairs.jsonl
 
-K-wise: all C(K,2) comparisons of a prompt are one batch element computed from K forward
-passes (rlhf/algorithms/reward_losses.py). Evaluation on held-out rankings: pairwise accuracy
+K-wise (our RankingTrainer): all C(K,2) comparisons of a prompt are one batch element computed
+from K forward passes (rlhf/algorithms/reward_losses.py). Pairwise runs on TRL's RewardTrainer
+(Bradley-Terry, margin, centering), fed pre-tokenized pairs truncated like the K-wise ones so
+that TRL's max_length filter drops nothing. `model.lora.enabled=true` trains LoRA adapters
+plus the new score head and saves the merged model. Evaluation on held-out rankings: pairwise accuracy
 (overall and per rank distance), Kendall tau, top-1 accuracy, reward mean/std. Writes `model/`
 (an AutoModelForSequenceClassification checkpoint), `reward_stats.json` (mean/std of rewards
 on training prompts, for reward normalisation in PPO) and `metrics.json`.
@@ -18,6 +21,7 @@ from statistics import mean, pstdev
 
 import torch
 from transformers import Trainer
+from trl import RewardTrainer
 
 from rlhf.algorithms.ranking_metrics import ranking_metrics
 from rlhf.algorithms.reward_losses import kwise_ranking_loss
@@ -26,9 +30,28 @@ from rlhf.data.rankings import (RankingCollator, expand_to_pairs, load_pairs, lo
                                 tokenize_ranking)
 from rlhf.config import PreferenceFormat, RMObjective
 from rlhf.distributed import is_main_process
-from rlhf.models.loading import load_tokenizer, resolve_model_path, torch_dtype
+from rlhf.models.loading import (load_tokenizer, peft_config, resolve_model_path,
+                                 torch_dtype)
 from rlhf.stages.common import (StageRun, save_final_model, train, train_summary,
                                 training_arguments, write_log_history)
+
+
+def ranking_rewards(model, inputs) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rewards of a RankingCollator batch: (B, K) with zeros at padding, and the (sum K,) flat."""
+    valid = inputs["valid"]  # (B, K)
+    flat = model(input_ids=inputs["input_ids"],
+                 attention_mask=inputs["attention_mask"]).logits[:, 0]  # (sum K,)
+    # back to (B, K): the collator flattened prompt by prompt, response by response
+    return flat.new_zeros(valid.shape, dtype=flat.dtype).masked_scatter(valid, flat), flat
+
+
+def ranking_prediction_step(trainer, model, inputs):
+    """(loss, (B, K) rewards, None) for Trainer.predict on ranking batches."""
+    inputs = trainer._prepare_inputs(inputs)
+    with torch.no_grad():
+        rewards, _ = ranking_rewards(model, inputs)
+        loss = kwise_ranking_loss(rewards, inputs["ranks"], inputs["valid"])
+    return loss.detach(), rewards.detach(), None
 
 
 class RankingTrainer(Trainer):
@@ -39,22 +62,24 @@ class RankingTrainer(Trainer):
         self.use_margin, self.center_coef = use_margin, center_coef
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        valid = inputs["valid"]  # (B, K)
-        flat = model(input_ids=inputs["input_ids"],
-                     attention_mask=inputs["attention_mask"]).logits[:, 0]  # (sum K,)
-        # back to (B, K): the collator flattened prompt by prompt, response by response
-        rewards = flat.new_zeros(valid.shape, dtype=flat.dtype).masked_scatter(valid, flat)
+        rewards, flat = ranking_rewards(model, inputs)
         scores = inputs["scores"] if self.use_margin and bool(inputs["use_scores"]) else None
-        loss = kwise_ranking_loss(rewards, inputs["ranks"], valid, scores)
+        loss = kwise_ranking_loss(rewards, inputs["ranks"], inputs["valid"], scores)
         if self.center_coef:
             loss = loss + self.center_coef * flat.pow(2).mean()
         return (loss, {"rewards": rewards}) if return_outputs else loss
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
-        inputs = self._prepare_inputs(inputs)
-        with torch.no_grad():
-            loss, outputs = self.compute_loss(model, inputs, return_outputs=True)
-        return loss.detach(), outputs["rewards"].detach(), None
+        return ranking_prediction_step(self, model, inputs)
+
+
+class PairwiseRewardTrainer(RewardTrainer):
+    """TRL's RewardTrainer, which also scores ranking batches for our held-out evaluation."""
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        if "valid" in inputs:
+            return ranking_prediction_step(self, model, inputs)
+        return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
 
 
 def load_data(cfg, out) -> tuple[list, list | None]:
@@ -74,7 +99,12 @@ def load_data(cfg, out) -> tuple[list, list | None]:
 
 def predict_rewards(trainer, rows, dataset) -> list[list[float]]:
     """The reward of every response of every row (a collective under DeepSpeed)."""
-    predictions = trainer.predict(dataset).predictions  # (N, K_max), padded
+    collator = trainer.data_collator
+    trainer.data_collator = RankingCollator(trainer.processing_class.pad_token_id)
+    try:
+        predictions = trainer.predict(dataset).predictions  # (N, K_max), padded
+    finally:
+        trainer.data_collator = collator
     return [list(map(float, predictions[i][:len(r["responses"])])) for i, r in enumerate(rows)]
 
 
@@ -84,53 +114,91 @@ def reward_stats(rewards: list[list[float]]) -> dict:
     return {"mean": mean(flat), "std": pstdev(flat), "count": len(flat)}
 
 
+def pair_dataset(rows: list[dict], tokenized: list[dict], use_margin: bool):
+    """TRL's pre-tokenized preference columns from K = 2 rows (chosen first)."""
+    import datasets
+
+    columns = {"chosen_ids": [t["input_ids"][0] for t in tokenized],
+               "rejected_ids": [t["input_ids"][1] for t in tokenized]}
+    if use_margin and all(r["scores"] is not None for r in rows):
+        columns["margin"] = [r["scores"][0] - r["scores"][1] for r in rows]
+    return datasets.Dataset.from_dict(columns)
+
+
+def make_trainer(cfg, out, model, tokenizer, train: tuple, held_out: tuple, callbacks):
+    """K-wise on our RankingTrainer, pairwise on TRL's RewardTrainer.
+    train and held_out are (rows, tokenized rows); held_out may be (None, None)."""
+    import datasets
+    from transformers import TrainingArguments
+    from trl import RewardConfig
+
+    stage = cfg.stage
+    args = {**training_arguments(cfg, out), "remove_unused_columns": False}
+    if stage.objective == RMObjective.kwise:
+        return RankingTrainer(
+            model=model, args=TrainingArguments(**args, label_names=[]),
+            train_dataset=datasets.Dataset.from_list(train[1]),
+            eval_dataset=datasets.Dataset.from_list(held_out[1]) if held_out[0] else None,
+            data_collator=RankingCollator(tokenizer.pad_token_id), processing_class=tokenizer,
+            callbacks=callbacks, use_margin=stage.use_margin, center_coef=stage.center_coef)
+    eval_pairs = expand_to_pairs(held_out[0]) if held_out[0] else None
+    eval_dataset = pair_dataset(eval_pairs, [tokenize_ranking(r, tokenizer, stage.max_length)
+                                             for r in eval_pairs], stage.use_margin) \
+        if eval_pairs else None
+    # TRL's defaults differ from ours: dropout off, centering as coef * mean((r_c + r_r)^2)
+    config = RewardConfig(**args, max_length=stage.max_length, disable_dropout=False,
+                          center_rewards_coefficient=stage.center_coef or None)
+    return PairwiseRewardTrainer(
+        model=model, args=config, processing_class=tokenizer, callbacks=callbacks,
+        train_dataset=pair_dataset(*train, stage.use_margin), eval_dataset=eval_dataset)
+
+
 def run(cfg) -> dict:
     stage_run = StageRun(cfg)
     out, stage = stage_run.out, cfg.stage
-    train_rows, eval_rows = load_data(cfg, out)
+    rankings, eval_rows = load_data(cfg, out)
+    train_rows = rankings
     if stage.objective == RMObjective.pairwise:  # the classic way: every pair its own example
-        train_rows = expand_to_pairs(train_rows)
+        train_rows = expand_to_pairs(rankings)
     model_path = resolve_model_path(cfg.model.path)  # fails before the slow imports
 
     import datasets
-    from transformers import AutoModelForSequenceClassification, TrainingArguments
+    from transformers import AutoModelForSequenceClassification
 
     tokenizer = load_tokenizer(cfg.model)
     model = AutoModelForSequenceClassification.from_pretrained(
         model_path, num_labels=1, dtype=torch_dtype(cfg.model),
         trust_remote_code=cfg.model.trust_remote_code)
     model.config.pad_token_id = tokenizer.pad_token_id
-    tokenize = lambda rows: datasets.Dataset.from_list(  # noqa: E731
-        [tokenize_ranking(r, tokenizer, stage.max_length) for r in rows])
-    train_ds = tokenize(train_rows)
-    eval_ds = tokenize(eval_rows) if eval_rows else None
+    lora = peft_config(cfg.model, task_type="SEQ_CLS")
+    if lora is not None:  # peft also trains and saves the new score head (modules_to_save)
+        from peft import get_peft_model
+        model = get_peft_model(model, lora)
 
     from rlhf.tracking.callback import TrackerCallback
-    args = TrainingArguments(**training_arguments(cfg, out), remove_unused_columns=False,
-                             label_names=[])
-    trainer = RankingTrainer(model=model, args=args, train_dataset=train_ds,
-                             eval_dataset=eval_ds, data_collator=RankingCollator(
-                                 tokenizer.pad_token_id), processing_class=tokenizer,
-                             callbacks=[TrackerCallback(stage_run.tracker)],
-                             use_margin=stage.use_margin, center_coef=stage.center_coef)
+    tokenize = lambda rows: [tokenize_ranking(r, tokenizer, stage.max_length)  # noqa: E731
+                             for r in rows] if rows else None
+    train_tok, eval_tok = tokenize(train_rows), tokenize(eval_rows)
+    trainer = make_trainer(cfg, out, model, tokenizer, (train_rows, train_tok),
+                           (eval_rows, eval_tok), [TrackerCallback(stage_run.tracker)])
     result = train(trainer, cfg, out)
-    forward_tokens = sum(len(s) for row in train_ds["input_ids"] for s in row)
-    metrics = {**train_summary(trainer, result), "train/examples": len(train_ds),
+    forward_tokens = sum(len(s) for t in train_tok for s in t["input_ids"])
+    metrics = {**train_summary(trainer, result), "train/examples": len(train_tok),
         # tokens through the model per pass over the data, per prompt
         "train/forward_tokens_per_prompt": forward_tokens / max(1, len(set(
             json.dumps(r["prompt"]) for r in train_rows)))}
     if eval_rows:
-        eval_metrics = ranking_metrics(predict_rewards(trainer, eval_rows, eval_ds),
+        eval_metrics = ranking_metrics(predict_rewards(trainer, eval_rows,
+                                                       datasets.Dataset.from_list(eval_tok)),
                                        [r["ranks"] for r in eval_rows])
         stage_run.tracker.log(eval_metrics, step=trainer.state.global_step)
         metrics.update(eval_metrics)
-    n_stats = min(stage.reward_stats_rows, len(train_rows))
-    stats = reward_stats(predict_rewards(trainer, train_rows[:n_stats],
-                                         train_ds.select(range(n_stats))))
+    stats_rows = rankings[:stage.reward_stats_rows]  # each response once, also when pairwise
+    stats_tok = train_tok[:len(stats_rows)] if train_rows is rankings else tokenize(stats_rows)
+    stats = reward_stats(predict_rewards(trainer, stats_rows,
+                                         datasets.Dataset.from_list(stats_tok)))
     save_final_model(trainer, tokenizer, cfg, out)
     write_log_history(trainer, out)
     if is_main_process():
         (out / "reward_stats.json").write_text(json.dumps(stats, indent=1))
     return stage_run.finish({**metrics, **{f"reward_stats/{k}": v for k, v in stats.items()}})
-
-

@@ -34,6 +34,10 @@ def make_tracker(cfg, out: Path):
     return WandbTracker(cfg, out)
 
 
+# TRL's preference-trainer names -> ours (the same for dpo, simpo and orpo runs)
+TRL_RENAMES = {"rewards/accuracies": "rewards/accuracy", "rewards/margins": "rewards/margin"}
+
+
 def hf_log_to_metrics(logs: dict) -> dict:
     """Rename a transformers/TRL log dict to our shared metric names."""
     renamed = {}
@@ -41,11 +45,12 @@ def hf_log_to_metrics(logs: dict) -> dict:
         if not isinstance(value, (int, float)):
             continue
         if key.startswith("eval_"):
-            renamed["eval/" + key[len("eval_"):]] = value
+            key = key[len("eval_"):]
+            renamed["eval/" + TRL_RENAMES.get(key, key)] = value
         elif key == "learning_rate":
             renamed["train/lr"] = value
         elif "/" in key:
-            renamed[key] = value
+            renamed[TRL_RENAMES.get(key, key)] = value
         else:
             renamed["train/" + key] = value
     return renamed
