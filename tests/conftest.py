@@ -45,3 +45,27 @@ def run_cli(cache_dir):
                               timeout=timeout)
         return CliResult(proc.returncode, proc.stdout)
     return run
+
+
+@pytest.fixture(scope="session")
+def rm_run(run_cli, tmp_path_factory):
+    """K-wise RM on 256 demo rankings (politeness and relevance are easy to learn); the
+    reward model of the grpo/rloo tests too."""
+    cwd = tmp_path_factory.mktemp("rm")
+    run_dir = cwd / "run"
+    result = run_cli(["stage=rm", f"hydra.run.dir={run_dir}", "stage.learning_rate=1e-3",
+                      "stage.max_steps=24", "stage.global_batch_size=16",
+                      "stage.per_device_batch_size=16", "stage.max_length=128",
+                      "stage.logging_steps=4", "debug.max_train_rows=256",
+                      "debug.max_eval_rows=64", "stage.reward_stats_rows=64"], cwd=cwd)
+    assert result.returncode == 0, result.output[-3000:]
+    return run_dir
+
+
+def max_weight_change(run_dir: Path, start_dir: Path) -> float:
+    """Largest absolute difference between the saved model and the model it started from."""
+    from safetensors.torch import load_file
+
+    after = load_file(str(run_dir / "model" / "model.safetensors"))
+    before = load_file(str(start_dir / "model.safetensors"))
+    return max((after[k] - before[k]).abs().max().item() for k in after.keys() & before.keys())

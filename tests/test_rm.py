@@ -10,20 +10,6 @@ import pytest
 from tests.data_tools.conftest import write_jsonl
 
 
-@pytest.fixture(scope="module")
-def rm_run(run_cli, tmp_path_factory):
-    """K-wise RM on 256 demo rankings: politeness and relevance are easy to learn."""
-    cwd = tmp_path_factory.mktemp("rm")
-    run_dir = cwd / "run"
-    result = run_cli(["stage=rm", f"hydra.run.dir={run_dir}", "stage.learning_rate=1e-3",
-                      "stage.max_steps=24", "stage.global_batch_size=16",
-                      "stage.per_device_batch_size=16", "stage.max_length=128",
-                      "stage.logging_steps=4", "debug.max_train_rows=256",
-                      "debug.max_eval_rows=64", "stage.reward_stats_rows=64"], cwd=cwd)
-    assert result.returncode == 0, result.output[-3000:]
-    return run_dir
-
-
 def test_accuracy_rises_above_chance_and_loss_falls(rm_run):
     metrics = json.loads((rm_run / "metrics.json").read_text())
     assert metrics["eval/reward_accuracy"] > 0.7, metrics

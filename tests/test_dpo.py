@@ -1,0 +1,75 @@
+"""stage=dpo end to end on the tiny model: DPO with a reference model, a reference-free
+variant (SimPO), 2-rank ZeRO-3 with the reference model, and bad preference rows."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from tests.conftest import max_weight_change
+from tests.data_tools.conftest import write_jsonl
+
+# small and quick: 8 pairs per step, the held-out evaluation on 8 prompts
+QUICK = ["stage=dpo", "stage.learning_rate=1e-4", "stage.max_steps=4",
+         "stage.global_batch_size=8", "stage.per_device_batch_size=4", "stage.max_length=160",
+         "stage.logging_steps=1", "debug.max_train_rows=64", "debug.max_eval_rows=8",
+         "stage.heldout.max_prompts=8"]
+SHARED_NAMES = {"rewards/chosen", "rewards/rejected", "rewards/margin", "rewards/accuracy",
+                "train/loss"}
+
+
+def _run(run_cli, tmp_path, extra):
+    run_dir = tmp_path / "run"
+    result = run_cli([*QUICK, *extra, f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+    assert result.returncode == 0, result.output[-4000:]
+    return run_dir, json.loads((run_dir / "metrics.json").read_text())
+
+
+def test_dpo_trains_against_the_reference_and_evaluates(run_cli, cache_dir, tmp_path):
+    run_dir, metrics = _run(run_cli, tmp_path, ["stage.loss_type=sigmoid"])
+    assert SHARED_NAMES <= set(metrics), sorted(metrics)
+    assert math.isfinite(metrics["train/loss"]) and metrics["train/steps"] == 4
+    assert max_weight_change(run_dir, cache_dir / "demo_tiny") > 0
+    # the held-out evaluation of stage=eval, with KL to the reference (here the start model)
+    assert metrics["eval/num_prompts"] == 8 and "eval/oracle_greedy" in metrics
+    assert metrics["eval/kl_to_reference"] > -0.05  # an estimate: >= 0 up to sampling noise
+    assert (run_dir / "samples.jsonl").exists()
+    history = json.loads((run_dir / "log_history.json").read_text())
+    assert any("rewards/margins" in h for h in history)  # TRL's name, renamed in metrics
+
+
+def test_reference_free_simpo(run_cli, cache_dir, tmp_path):
+    run_dir, metrics = _run(run_cli, tmp_path, ["stage.loss_type=simpo", "stage.beta=2.0"])
+    assert SHARED_NAMES <= set(metrics) and math.isfinite(metrics["train/loss"])
+    assert max_weight_change(run_dir, cache_dir / "demo_tiny") > 0
+
+
+@pytest.mark.distributed
+def test_dpo_zero3_two_ranks_with_reference_model(run_cli, cache_dir, tmp_path):
+    run_dir, metrics = _run(run_cli, tmp_path, ["distributed=zero3",
+                                                "distributed.nproc_per_node=2"])
+    assert SHARED_NAMES <= set(metrics) and math.isfinite(metrics["train/loss"])
+    # the ZeRO-3 shards were gathered into one checkpoint that moved away from the start
+    assert max_weight_change(run_dir, cache_dir / "demo_tiny") > 0
+    assert "eval/oracle_greedy" in metrics
+
+
+@pytest.mark.parametrize("row,message", [
+    ({"prompt": [{"role": "user", "content": "Price?"}], "chosen": "It is $5.",
+      "rejected": "It is $5."}, "pairs.jsonl:2: `chosen` and `rejected` are the same text"),
+    ({"prompt": [], "chosen": "a", "rejected": "b"},
+     "pairs.jsonl:2: `prompt` is empty"),
+])
+def test_bad_preference_rows_name_the_row(run_cli, tmp_path, row, message):
+    good = {"prompt": [{"role": "user", "content": "Price?"}], "chosen": "It is $5.",
+            "rejected": "No idea."}
+    path = write_jsonl(tmp_path / "pairs.jsonl", [good, row])
+    result = run_cli(["stage=dpo", "data=custom", "stage.data_format=pairs",
+                      f"data.pairs_train={path}", f"hydra.run.dir={tmp_path / 'run'}"],
+                     cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.output
+    assert message in result.output, result.output[-1500:]
+    bad = [json.loads(x) for x in (tmp_path / "run" / "bad_rows.jsonl").read_text().splitlines()]
+    assert [b["where"] for b in bad] == [f"{path}:2"]
