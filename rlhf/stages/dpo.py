@@ -70,8 +70,12 @@ def make_trainer(cfg, out, model, tokenizer, train_ds, eval_ds, callbacks):
         return ORPOTrainer(model=model, args=ORPOConfig(**common), **data)
 
     from trl import DPOConfig, DPOTrainer
-    ref_model = None  # lora_base: TRL disables the adapters to get reference log-probs
-    if stage.reference != DPOReference.lora_base:
+    # lora_base: TRL disables the adapters for reference log-probs; precomputed without a
+    # reference_path: TRL computes them with the policy before its first step (= the SFT
+    # model), so no second model is loaded
+    ref_model = None
+    if stage.reference == DPOReference.model or (stage.reference == DPOReference.precomputed
+                                                 and stage.reference_path):
         ref_model = load_causal_lm(cfg.model, stage.reference_path or cfg.model.path)
     args = DPOConfig(**common, loss_type=[stage.loss_type], label_smoothing=stage.label_smoothing,
                      precompute_ref_log_probs=stage.reference == DPOReference.precomputed)
