@@ -4,7 +4,7 @@
     python benchmarks/rm_kwise_vs_pairs.py            # trains the demo SFT model first (~2 min)
 
 Pairwise expands each ranking into its C(4,2) = 6 pairs (12 sequences through the model per
-prompt); K-wise scores the 4 responses once and takes all 6 comparisons from them (InstructGPT
+prompt) and trains on TRL's RewardTrainer, the usual way; K-wise (our RankingTrainer) scores the 4 responses once and takes all 6 comparisons from them (InstructGPT
 section 3.5). Both run one epoch over the same prompts with the same learning rate and are
 evaluated on the same held-out rankings. Prints examples/s, prompts/s, forward tokens per
 prompt and accuracy for each, and the ratios.

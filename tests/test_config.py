@@ -50,6 +50,7 @@ def test_every_yaml_composes(group, option):
 
 def test_experiment_demo_is_a_pipeline_of_existing_stages():
     from rlhf.cli import STAGES
+    from rlhf.stages.pipeline import substitute_dirs
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose(config_name="config", overrides=["experiment=demo"])
         steps = cfg.pipeline.steps
@@ -59,7 +60,8 @@ def test_experiment_demo_is_a_pipeline_of_existing_stages():
             # each step's overrides compose too
             child = compose(config_name="config", overrides=[
                 "experiment=demo", f"stage={step.stage}",
-                *[o.replace("{sft}", "/tmp/x") for o in step.overrides]])
+                *[substitute_dirs(o, {"sft": "/tmp/sft", "rm": "/tmp/rm"})
+                  for o in step.overrides]])
             assert child.stage.name == step.stage
             validate(child)
 

@@ -84,7 +84,10 @@ def test_sft_has_the_configured_share_of_flaws(demo_dir):
     assert len(rows) == spec.sft_train_size
     flawed = sum(r["style"] != "good" for r in rows) / len(rows)
     assert abs(flawed - spec.sft_flawed_share) < 0.07
-    assert all([m["role"] for m in r["messages"]] == ["user", "assistant"] for r in rows)
+    # the product's fact sheet, then the question and the answer
+    assert all([m["role"] for m in r["messages"]] == ["system", "user", "assistant"]
+               for r in rows)
+    assert all(r["product"] in r["messages"][0]["content"] for r in rows)
 
 
 def test_heldout_phrasings_never_appear_in_training(demo_dir):

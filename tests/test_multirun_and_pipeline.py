@@ -27,12 +27,19 @@ def test_demo_pipeline_runs_every_step_and_summarises(run_cli, tmp_path):
                      cwd=tmp_path)
     assert result.returncode == 0, result.output[-3000:]
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert list(summary) == ["base_eval", "sft", "sft_eval"]
-    assert summary["sft"]["train/steps"] == 4
+    assert list(summary) == ["base_eval", "sft", "rm", "sft_eval", "dpo"]
+    assert summary["sft"]["train/steps"] == summary["rm"]["train/steps"] == \
+        summary["dpo"]["train/steps"] == 4
     # the step overrides reached the child; {sft} became the SFT run directory
     assert OmegaConf.load(run_dir / "sft" / "config.yaml").stage.learning_rate == 2e-3
-    assert OmegaConf.load(run_dir / "sft_eval" / "config.yaml").model.path == str(run_dir / "sft")
-    assert summary["sft_eval"]["eval/num_prompts"] == 16  # debug=tiny caps eval rows
+    sft_eval = OmegaConf.load(run_dir / "sft_eval" / "config.yaml")
+    assert sft_eval.model.path == str(run_dir / "sft")
+    assert sft_eval.stage.reward_model == str(run_dir / "rm")
+    assert OmegaConf.load(run_dir / "dpo" / "config.yaml").model.path == str(run_dir / "sft")
+    # debug=tiny caps eval rows; DPO ends with the same evaluation, plus KL to SFT
+    assert summary["sft_eval"]["eval/num_prompts"] == summary["dpo"]["eval/num_prompts"] == 16
+    assert "eval/reward_model_greedy" in summary["sft_eval"]
+    assert "eval/kl_to_reference" in summary["dpo"]
     assert "=== summary" in result.output and "oracle_greedy" in result.output
     samples = [json.loads(l) for l in open(run_dir / "sft_eval" / "samples.jsonl")]
     assert {"greedy", "sampled"} <= set(samples[0]["answers"])

@@ -163,9 +163,12 @@ def run(cfg) -> dict:
     model_path = resolve_model_path(cfg.model.path)  # fails before the slow imports
 
     import datasets
-    from transformers import AutoModelForSequenceClassification
+    from transformers import AutoModelForSequenceClassification, set_seed
 
     tokenizer = load_tokenizer(cfg.model)
+    # the score head (and LoRA) start from random weights: seed them, or every run differs
+    # (the Trainer seeds only after the model exists)
+    set_seed(stage.seed)
     model = AutoModelForSequenceClassification.from_pretrained(
         model_path, num_labels=1, dtype=torch_dtype(cfg.model),
         trust_remote_code=cfg.model.trust_remote_code)
