@@ -48,14 +48,13 @@ def score_answers(oracle: Oracle, rows: list[dict], answers: list[str], mode: st
             f"eval/oracle_relevant_{mode}": mean(s.relevant for s in scores)}
 
 
-def reward_model_scores(path: str, rows: list[dict], answers: list[str], mode: str,
+def reward_model_scores(scorer: tuple, rows: list[dict], answers: list[str], mode: str,
                         batch_size: int) -> dict:
+    """Mean raw score of (model, tokenizer) from rlhf.models.reward.load on the answers."""
     from rlhf.models import reward
 
-    model, tokenizer = reward.load(path)
-    scores = reward.score(model.to(default_device()), tokenizer,
-                          [r["prompt"] + [{"role": "assistant", "content": a}]
-                           for r, a in zip(rows, answers)], batch_size)
+    scores = reward.score(*scorer, [r["prompt"] + [{"role": "assistant", "content": a}]
+                                          for r, a in zip(rows, answers)], batch_size)
     for row, s in zip(rows, scores):
         row.setdefault("reward_model", {})[mode] = s
     return {f"eval/reward_model_{mode}": mean(scores)}
@@ -85,6 +84,11 @@ def evaluate_policy(cfg, settings, model_path: str, stage_run: StageRun,
     rows = load_prompts(require(cfg.data.eval_prompts, "data.eval_prompts", cfg.stage.name),
                         min(caps) if caps else None, bad_rows_dir=out)
     oracle = demo_oracle(cfg, rows)
+    scorer = None  # the reward model and its tokenizer, loaded once for both modes
+    if reward_model:
+        from rlhf.models import reward
+        rm, rm_tokenizer = reward.load(reward_model)
+        scorer = (rm.to(default_device()), rm_tokenizer)
 
     modes = {"greedy": 0.0} if settings.greedy else {}
     if settings.sample_temperature > 0:
@@ -99,8 +103,8 @@ def evaluate_policy(cfg, settings, model_path: str, stage_run: StageRun,
         metrics[f"eval/answer_words_{mode}"] = mean(len(a.split()) for a in answers.texts)
         if oracle is not None:
             metrics.update(score_answers(oracle, rows, answers.texts, mode))
-        if reward_model:
-            metrics.update(reward_model_scores(reward_model, rows, answers.texts, mode,
+        if scorer:
+            metrics.update(reward_model_scores(scorer, rows, answers.texts, mode,
                                                settings.batch_size))
         if reference_path and mode == "sampled":
             metrics.update(kl_to_reference(cfg, reference_path, model, answers,
