@@ -46,7 +46,8 @@ def main() -> None:
                   "stage.max_length=128"], Path(model))
         common = ["experiment=demo", "stage=rm", f"model.path={model}",
                   f"stage.learning_rate={args.lr}", "stage.num_epochs=1", "stage.max_length=128",
-                  "stage.logging_steps=1000", "stage.reward_stats_rows=16"]
+                  "stage.logging_steps=1000", "stage.reward_stats_rows=16",
+                  "debug.max_train_rows=2000"]
         # the same prompts per optimizer step: 16 rankings, or their 16 x 6 pairs
         kwise = rlhf([*common, "stage.objective=kwise",
                       f"stage.global_batch_size={args.prompts_per_step}",

@@ -34,7 +34,7 @@ class DemoSpec:
     # share of SFT answers that are flawed (wrong fact, rude, off topic, rambling)
     sft_flawed_share: float = 0.28
     sft_eval_size: int = 200
-    rankings_train_size: int = 2000
+    rankings_train_size: int = 4000
     rankings_eval_size: int = 200
     # responses per ranking row (K)
     ranking_k: int = 4
