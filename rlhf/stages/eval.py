@@ -60,10 +60,9 @@ def reward_model_scores(scorer: tuple, rows: list[dict], answers: list[str], mod
     return {f"eval/reward_model_{mode}": mean(scores)}
 
 
-def kl_to_reference(cfg, path: str, policy, answers, batch_size: int) -> dict:
+def kl_to_reference(cfg, path: str, policy, answers, batch_size: int, pad: int) -> dict:
     """KL(policy || reference) on the policy's own samples (rlhf/algorithms/kl.py)."""
     reference = load_causal_lm(cfg.model, path).to(policy.device)
-    pad = load_tokenizer(cfg.model).pad_token_id
     policy_logps, mask = answer_logprobs(policy, answers.prompt_ids, answers.answer_ids,
                                          batch_size, pad)
     ref_logps, _ = answer_logprobs(reference, answers.prompt_ids, answers.answer_ids,
@@ -108,7 +107,7 @@ def evaluate_policy(cfg, settings, model_path: str, stage_run: StageRun,
                                                settings.batch_size))
         if reference_path and mode == "sampled":
             metrics.update(kl_to_reference(cfg, reference_path, model, answers,
-                                           settings.batch_size))
+                                           settings.batch_size, tokenizer.pad_token_id))
 
     if is_main_process():
         with open(out / "samples.jsonl", "w", encoding="utf-8") as f:

@@ -8,10 +8,10 @@ K-wise (our RankingTrainer): all C(K,2) comparisons of a prompt are one batch el
 from K forward passes (rlhf/algorithms/reward_losses.py). Pairwise runs on TRL's RewardTrainer
 (Bradley-Terry, margin, centering), fed pre-tokenized pairs truncated like the K-wise ones so
 that TRL's max_length filter drops nothing. `model.lora.enabled=true` trains LoRA adapters
-plus the new score head and saves the merged model. Evaluation on held-out rankings: pairwise accuracy
-(overall and per rank distance), Kendall tau, top-1 accuracy, reward mean/std. Writes `model/`
-(an AutoModelForSequenceClassification checkpoint), `reward_stats.json` (mean/std of rewards
-on training prompts, for reward normalisation in PPO) and `metrics.json`.
+plus the new score head and saves the merged model. Evaluation on held-out rankings: pairwise
+accuracy (overall and per rank distance), Kendall tau, top-1 accuracy, reward mean/std.
+Writes `model/` (an AutoModelForSequenceClassification checkpoint), `reward_stats.json`
+(mean/std of rewards on training prompts, for reward normalisation) and `metrics.json`.
 """
 
 from __future__ import annotations
@@ -23,10 +23,11 @@ import torch
 from transformers import Trainer
 from trl import RewardTrainer
 
+from data_tools.ranking import ranked_pairs
 from rlhf.algorithms.ranking_metrics import ranking_metrics
 from rlhf.algorithms.reward_losses import kwise_ranking_loss
 from rlhf.data.loading import require
-from rlhf.data.rankings import (RankingCollator, expand_to_pairs, load_pairs, load_rankings,
+from rlhf.data.rankings import (RankingCollator, load_pairs, load_rankings,
                                 tokenize_ranking)
 from rlhf.config import PreferenceFormat, RMObjective
 from rlhf.distributed import is_main_process
@@ -114,20 +115,34 @@ def reward_stats(rewards: list[list[float]]) -> dict:
     return {"mean": mean(flat), "std": pstdev(flat), "count": len(flat)}
 
 
-def pair_dataset(rows: list[dict], tokenized: list[dict], use_margin: bool):
-    """TRL's pre-tokenized preference columns from K = 2 rows (chosen first)."""
+def pair_dataset(rankings: list[dict], tokenized: list[dict], use_margin: bool):
+    """TRL's pre-tokenized preference columns: every non-tied pair of each ranking (the
+    classic way, one example per pair), built from the responses tokenized once."""
     import datasets
 
-    columns = {"chosen_ids": [t["input_ids"][0] for t in tokenized],
-               "rejected_ids": [t["input_ids"][1] for t in tokenized]}
-    if use_margin and all(r["scores"] is not None for r in rows):
-        columns["margin"] = [r["scores"][0] - r["scores"][1] for r in rows]
+    chosen, rejected, margins = [], [], []
+    for row, tok in zip(rankings, tokenized):
+        for a, b in ranked_pairs(row["ranks"]):
+            chosen.append(tok["input_ids"][a])
+            rejected.append(tok["input_ids"][b])
+            if row["scores"] is not None:
+                margins.append(row["scores"][a] - row["scores"][b])
+    columns = {"chosen_ids": chosen, "rejected_ids": rejected}
+    if use_margin and len(margins) == len(chosen):
+        columns["margin"] = margins
     return datasets.Dataset.from_dict(columns)
 
 
+def forward_tokens(dataset) -> int:
+    """Tokens through the model in one pass over a K-wise or a pair dataset."""
+    if "input_ids" in dataset.column_names:
+        return sum(len(s) for row in dataset["input_ids"] for s in row)
+    return sum(map(len, dataset["chosen_ids"])) + sum(map(len, dataset["rejected_ids"]))
+
+
 def make_trainer(cfg, out, model, tokenizer, train: tuple, held_out: tuple, callbacks):
-    """K-wise on our RankingTrainer, pairwise on TRL's RewardTrainer.
-    train and held_out are (rows, tokenized rows); held_out may be (None, None)."""
+    """K-wise on our RankingTrainer, pairwise on TRL's RewardTrainer. train and held_out
+    are (rankings, their tokenized rows); held_out may be (None, None)."""
     import datasets
     from transformers import TrainingArguments
     from trl import RewardConfig
@@ -141,25 +156,19 @@ def make_trainer(cfg, out, model, tokenizer, train: tuple, held_out: tuple, call
             eval_dataset=datasets.Dataset.from_list(held_out[1]) if held_out[0] else None,
             data_collator=RankingCollator(tokenizer.pad_token_id), processing_class=tokenizer,
             callbacks=callbacks, use_margin=stage.use_margin, center_coef=stage.center_coef)
-    eval_pairs = expand_to_pairs(held_out[0]) if held_out[0] else None
-    eval_dataset = pair_dataset(eval_pairs, [tokenize_ranking(r, tokenizer, stage.max_length)
-                                             for r in eval_pairs], stage.use_margin) \
-        if eval_pairs else None
     # TRL's defaults differ from ours: dropout off, centering as coef * mean((r_c + r_r)^2)
     config = RewardConfig(**args, max_length=stage.max_length, disable_dropout=False,
                           center_rewards_coefficient=stage.center_coef or None)
     return PairwiseRewardTrainer(
         model=model, args=config, processing_class=tokenizer, callbacks=callbacks,
-        train_dataset=pair_dataset(*train, stage.use_margin), eval_dataset=eval_dataset)
+        train_dataset=pair_dataset(*train, stage.use_margin),
+        eval_dataset=pair_dataset(*held_out, stage.use_margin) if held_out[0] else None)
 
 
 def run(cfg) -> dict:
     stage_run = StageRun(cfg)
     out, stage = stage_run.out, cfg.stage
     rankings, eval_rows = load_data(cfg, out)
-    train_rows = rankings
-    if stage.objective == RMObjective.pairwise:  # the classic way: every pair its own example
-        train_rows = expand_to_pairs(rankings)
     model_path = resolve_model_path(cfg.model.path)  # fails before the slow imports
 
     import datasets
@@ -181,15 +190,15 @@ def run(cfg) -> dict:
     from rlhf.tracking.callback import TrackerCallback
     tokenize = lambda rows: [tokenize_ranking(r, tokenizer, stage.max_length)  # noqa: E731
                              for r in rows] if rows else None
-    train_tok, eval_tok = tokenize(train_rows), tokenize(eval_rows)
-    trainer = make_trainer(cfg, out, model, tokenizer, (train_rows, train_tok),
+    train_tok, eval_tok = tokenize(rankings), tokenize(eval_rows)  # each response once
+    trainer = make_trainer(cfg, out, model, tokenizer, (rankings, train_tok),
                            (eval_rows, eval_tok), [TrackerCallback(stage_run.tracker)])
     result = train(trainer, cfg, out)
-    forward_tokens = sum(len(s) for t in train_tok for s in t["input_ids"])
-    metrics = {**train_summary(trainer, result), "train/examples": len(train_tok),
-        # tokens through the model per pass over the data, per prompt
-        "train/forward_tokens_per_prompt": forward_tokens / max(1, len(set(
-            json.dumps(r["prompt"]) for r in train_rows)))}
+    prompts = len(set(json.dumps(r["prompt"]) for r in rankings))
+    metrics = {**train_summary(trainer, result), "train/examples": len(trainer.train_dataset),
+               # tokens through the model per pass over the data, per prompt
+               "train/forward_tokens_per_prompt":
+                   forward_tokens(trainer.train_dataset) / max(1, prompts)}
     if eval_rows:
         eval_metrics = ranking_metrics(predict_rewards(trainer, eval_rows,
                                                        datasets.Dataset.from_list(eval_tok)),
@@ -197,9 +206,8 @@ def run(cfg) -> dict:
         stage_run.tracker.log(eval_metrics, step=trainer.state.global_step)
         metrics.update(eval_metrics)
     stats_rows = rankings[:stage.reward_stats_rows]  # each response once, also when pairwise
-    stats_tok = train_tok[:len(stats_rows)] if train_rows is rankings else tokenize(stats_rows)
     stats = reward_stats(predict_rewards(trainer, stats_rows,
-                                         datasets.Dataset.from_list(stats_tok)))
+                                         datasets.Dataset.from_list(train_tok[:len(stats_rows)])))
     save_final_model(trainer, tokenizer, cfg, out)
     write_log_history(trainer, out)
     if is_main_process():
