@@ -4,7 +4,7 @@ whole prepare pipeline; prints rows per second and peak memory.
     python benchmarks/data_prepare.py                    # 1,000,000 conversations
     python benchmarks/data_prepare.py --rows 100000 --num-proc 2
 
-The input is the demo domain's conversations (DESIGN.md section 5) with real-world noise mixed
+The input is the demo domain's conversations (docs/demo.md) with real-world noise mixed
 in: 5% exact duplicates, 2% near duplicates, e-mail addresses and phone numbers, HTML entities,
 and 1% malformed lines. Peak memory is the largest resident set of the main process and of
 any worker (ru_maxrss), measured by the OS.

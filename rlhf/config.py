@@ -110,7 +110,7 @@ class DataConfig:
     # set for the built-in demo: generate the synthetic data set into `dir` when missing
     demo: Optional[DemoSpec] = None
     dir: Optional[str] = None
-    # JSONL files or `datasets` directories, in the formats of DESIGN.md section 4
+    # JSONL files or `datasets` directories, in the formats of docs/data.md
     sft_train: Optional[str] = None
     sft_eval: Optional[str] = None
     pairs_train: Optional[str] = None

@@ -1,6 +1,6 @@
 """Reads an offline W&B run file (`run-<id>.wandb`) back into its records, for the tests.
 
-wandb 0.31 writes only this file in offline mode. Its format (DESIGN.md section 8) is a
+wandb 0.31 writes only this file in offline mode. Its format (docs/notes.md) is a
 LevelDB-style log: a 7-byte header (":W&B", 0xBEE1, version), 32 KiB blocks, and 7-byte record
 headers (crc32 u32, length u16, type u8: 1 full, 2 first, 3 middle, 4 last), each record a
 serialized `wandb_internal_pb2.Record`.

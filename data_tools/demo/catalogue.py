@@ -172,7 +172,7 @@ def answer(product: Product, intent: str, style: str, rng: random.Random) -> str
 def question(product: Product, intent: str, rng: random.Random, heldout: bool,
              framing: bool) -> str:
     """A user question. `framing` adds a random greeting/closing, which keeps a tiny model from
-    memorising the exact training phrasings (DESIGN.md section 9)."""
+    memorising the exact training phrasings (docs/demo.md)."""
     phrasings = HELDOUT_PHRASINGS if heldout else TRAIN_PHRASINGS
     text = rng.choice(phrasings[intent]).format(name=product.name)
     if framing:

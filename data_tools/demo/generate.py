@@ -1,4 +1,4 @@
-"""Writes the built-in demo data set (DESIGN.md section 5) in the training formats of section 4.
+"""Writes the built-in demo data set (docs/demo.md) in the training formats of docs/data.md.
 
     rlhf-data task=demo out_dir=/tmp/demo_data      # or implicitly: rlhf ... data=demo
 

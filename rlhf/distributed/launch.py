@@ -56,7 +56,7 @@ def setup_distributed(cfg) -> None:
     """Join the process group (gloo on CPU) and agree on rank 0's run directory.
 
     Done before any trainer exists: TRL builds reference models under ZeRO-3 before DeepSpeed
-    would initialise communication itself (DESIGN.md section 8)."""
+    would initialise communication itself (docs/notes.md)."""
     import torch
     import torch.distributed as dist
 

@@ -69,7 +69,7 @@ def training_arguments(cfg, out: Path) -> dict:
         bf16=precision == Precision.bf16,
         fp16=precision == Precision.fp16,
         activation_checkpointing=stage.gradient_checkpointing,
-        # without it, TRL computes "auto" batch sizes for one process on CPU (DESIGN.md 8)
+        # without it, TRL computes "auto" batch sizes for one process on CPU (docs/notes.md)
         use_cpu=not on_gpu,
         dataloader_num_workers=0,
     )

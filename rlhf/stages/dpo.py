@@ -46,7 +46,7 @@ def load_preferences(cfg, out, split: str) -> list[dict] | None:
 
 
 def to_dataset(rows: list[dict]):
-    """TRL's conversational preference format (DESIGN.md section 4)."""
+    """TRL's conversational preference format (docs/data.md)."""
     import datasets
 
     answer = lambda text: [{"role": "assistant", "content": text}]  # noqa: E731

@@ -4,7 +4,7 @@
     rlhf stage=eval model.path=<dpo run> stage.reward_model=<rm run> stage.reference_path=<sft run>
 
 Greedy and sampled answers (greedy scores swing between seeds). On the demo the oracle scores
-each answer (fact, politeness, relevance; DESIGN.md section 5). With `reward_model`, the mean
+each answer (fact, politeness, relevance; docs/demo.md). With `reward_model`, the mean
 reward-model score is reported beside the oracle's, so reward hacking shows; with
 `reference_path`, the KL from the reference to the policy on the sampled answers. dpo, grpo and
 rloo end with the same evaluation (their `stage.heldout`). Writes `samples.jsonl` (every prompt

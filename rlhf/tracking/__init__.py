@@ -2,7 +2,7 @@
 
     rlhf stage=sft logger=wandb logger.project=my-chatbot
 
-Metric names are shared across stages (DESIGN.md section 3): `train/loss`, `train/lr`,
+Metric names are shared across stages (docs/architecture.md): `train/loss`, `train/lr`,
 `eval/loss`, `eval/oracle_greedy`, ...
 """
 
