@@ -39,9 +39,14 @@ STAGES = {
 # steps start their own ranks; evaluation generates on one device)
 SINGLE_PROCESS_STAGES = {"pipeline", "eval"}
 
-# conf/ sits beside the package in the repository (installed with `pip install -e .`); an
-# absolute path works whether Hydra sees us as a script, a module or a console script
-CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+# The config lives in conf/ at the top of the repository. A wheel (`pip install .`) carries a
+# copy inside the package, rlhf/conf, made by setup.py at build time; a checkout or an editable
+# install (`make venv`) has none there and reads the repository's conf/ itself, so edits take
+# effect without reinstalling. An absolute path works whether Hydra sees us as a script, a
+# module or a console script.
+_PACKAGED_CONF = Path(__file__).resolve().parent / "conf"
+CONFIG_DIR = str(_PACKAGED_CONF if _PACKAGED_CONF.is_dir()
+                 else Path(__file__).resolve().parent.parent / "conf")
 
 register_configs()
 
