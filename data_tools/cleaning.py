@@ -2,6 +2,10 @@
 unicode/whitespace normalisation, HTML cleanup, merging consecutive same-role turns,
 dropping empty turns, role-order checks, token-length limits and PII scrubbing.
 
+The last check of every record is its training format's (data_tools/formats.py, the same code
+the stages load their data with), after every rewrite: cleaning or PII scrubbing can make an
+answer blank or two answers the same, and such a record is quarantined here, not in a stage.
+
 `clean_record` is a pure function of one record, so the pipeline runs it in worker processes.
 """
 
@@ -12,6 +16,7 @@ import re
 import unicodedata
 from collections import Counter
 
+from data_tools import formats
 from data_tools.pii import scrub
 from data_tools.records import CONVERSATION, PAIR, RANKING, BadRow, Record, Rejected
 
@@ -65,21 +70,18 @@ def merge_same_role(messages: list[dict]) -> tuple[list[dict], int]:
     return merged, len(messages) - len(merged)
 
 
-def check_role_order(messages: list[dict], final_assistant: bool) -> None:
-    """system? then user/assistant alternating, starting with user (and ending with the
-    assistant when the conversation is meant for SFT)."""
+def check_role_order(messages: list[dict]) -> None:
+    """system? then user/assistant alternating, starting with user. (How a conversation must
+    end is the format's rule: `check_format`.)"""
     turns = messages[1:] if messages and messages[0]["role"] == "system" else messages
     if not turns:
-        raise BadRow("the conversation has no user or assistant turn", "empty")
+        raise BadRow("the conversation has no user or assistant turn", "empty", "messages")
     for i, msg in enumerate(turns):
         expected = "user" if i % 2 == 0 else "assistant"
         if msg["role"] != expected:
             raise BadRow(f"turn {i + 1} is {msg['role']!r} where {expected!r} was expected "
                          "(turns must alternate user/assistant, starting with the user)",
-                         "role_order")
-    if final_assistant and turns[-1]["role"] != "assistant":
-        raise BadRow("the conversation ends with a user turn; SFT needs a final assistant "
-                     "answer", "role_order")
+                         "role_order", "messages")
 
 
 def clean_conversation(record: Record, cfg, counter: Counter) -> None:
@@ -94,24 +96,26 @@ def clean_conversation(record: Record, cfg, counter: Counter) -> None:
         counter["turns_merged"] += merged
     record.data["messages"] = messages
     if cfg.clean.check_role_order:
-        check_role_order(messages, cfg.clean.require_final_assistant)
+        check_role_order(messages)
 
 
-def check_answers(record: Record) -> None:
-    if record.kind == PAIR:
-        if not record.data["chosen"]["content"].strip() or \
-                not record.data["rejected"]["content"].strip():
-            raise BadRow("`chosen` or `rejected` is empty", "empty")
-        if record.data["chosen"]["content"] == record.data["rejected"]["content"]:
-            raise BadRow("`chosen` and `rejected` are the same text", "bad_pair")
-    if record.kind == RANKING:
-        contents = [r["content"] for r in record.data["responses"]]
-        if any(not c.strip() for c in contents):
-            raise BadRow("a response is empty", "empty")
-        if len(set(contents)) != len(contents):
-            raise BadRow("the ranking lists the same response twice", "bad_ranking")
-    if not any(m["content"].strip() for m in record.data.get("prompt", [{"content": "x"}])):
-        raise BadRow("the prompt is empty", "empty")
+def check_format(record: Record, cfg) -> None:
+    """The record in its training format's normal form, or BadRow: formats.py's rules, the
+    ones every stage applies. A conversation ending with a user turn (kept only with
+    clean.require_final_assistant=false) must be a valid prompt: it is written to prompts/
+    but not to sft/."""
+    d = record.data
+    if record.kind == CONVERSATION:
+        messages = d["messages"]
+        if messages and messages[-1]["role"] != "assistant" and \
+                not cfg.clean.require_final_assistant:
+            d["messages"] = formats.check_prompt(messages, "messages")
+        else:
+            d["messages"] = formats.sft_row(d)["messages"]
+    elif record.kind == RANKING:
+        record.data = formats.ranking_row(d)
+    elif record.kind == PAIR:
+        record.data = formats.pair_row(d)
 
 
 def token_count(record: Record, tokenizer) -> int:
@@ -129,13 +133,12 @@ def clean_record(record: Record, cfg, tokenizer=None) -> tuple[Record | Rejected
             _rewrite(record, normalise_text, counter, "unicode_normalised")
         if record.kind == CONVERSATION:
             clean_conversation(record, cfg, counter)
-        else:
-            check_answers(record)
         if cfg.pii.enabled:
             kinds = tuple(k for k in ("email", "card", "ip", "phone") if getattr(cfg.pii, k))
             for msg in _texts(record):
                 msg["content"], found = scrub(msg["content"], kinds)
                 record.pii.update(found)
+        check_format(record, cfg)  # last: after every rewrite of the texts
         if tokenizer is not None and cfg.clean.max_tokens:
             n = token_count(record, tokenizer)
             record.data["num_tokens"] = n
@@ -144,7 +147,8 @@ def clean_record(record: Record, cfg, tokenizer=None) -> tuple[Record | Rejected
                              "too_long")
         return record, counter
     except BadRow as err:
-        return Rejected(record.source, record.lines, str(err), record.data, err.category), counter
+        return Rejected(record.source, record.lines, str(err), record.data, err.category,
+                        err.field), counter
 
 
 def record_text(record: Record) -> str:

@@ -1,6 +1,9 @@
-"""Conversion of clean records into the training formats (DESIGN.md section 4, TRL's formats):
+"""Conversion of clean records into the training formats (data_tools/formats.py, TRL's formats):
 conversations -> SFT `messages`; rankings -> preference pairs (and, unchanged, rankings for
 K-wise reward models); every record -> its prompt, for PPO/GRPO.
+
+Records arrive checked by formats.py (cleaning's last step), so every row written here passes
+the checks the stages load it with.
 """
 
 from __future__ import annotations
@@ -9,8 +12,9 @@ import hashlib
 import json
 from pathlib import Path
 
+from data_tools import formats
 from data_tools.ranking import ranked_pairs
-from data_tools.records import CONVERSATION, PAIR, RANKING, Record
+from data_tools.records import CONVERSATION, PAIR, RANKING, BadRow, Record
 
 SETS = ("sft", "pairs", "rankings", "prompts")
 
@@ -61,11 +65,22 @@ class OutputWriter:
             self.prompts_seen.add(digest)
             self._emit("prompts", split, {"prompt": prompt})
 
+    def _conversation_prompt(self, messages: list[dict], split: str) -> None:
+        """The conversation's prompt, when it is one the prompt format accepts (with
+        clean.check_role_order=false it may end with another role: the conversation is then
+        in sft/ only)."""
+        try:
+            self._prompt(formats.check_prompt(prompt_of_conversation(messages)), split)
+        except BadRow:
+            pass
+
     def write(self, record: Record, split: str) -> None:
         d = record.data
         if record.kind == CONVERSATION:
-            self._emit("sft", split, {"messages": d["messages"]})
-            self._prompt(prompt_of_conversation(d["messages"]), split)
+            # ending with a user turn (clean.require_final_assistant=false): a prompt only
+            if d["messages"][-1]["role"] == "assistant":
+                self._emit("sft", split, {"messages": d["messages"]})
+            self._conversation_prompt(d["messages"], split)
         elif record.kind == RANKING:
             self._emit("rankings", split, {"prompt": d["prompt"], "responses": d["responses"],
                                            "ranks": d["ranks"], "scores": d.get("scores")})

@@ -9,6 +9,10 @@ Formats (`format: auto` detects them from the extension and the first row):
   pairwise         JSONL  {"prompt", "chosen", "rejected"}
 Files may be gzip-compressed (.gz). A BOM, CRLF line ends and invalid UTF-8 bytes (replaced by
 U+FFFD and counted) do not stop a run.
+
+Readers only turn each input format into the training formats (speaker names to roles, column
+names, prompts given as text); the rules of those formats (answers, ranks, scores, ties, K) are
+data_tools/formats.py's, the same code the stages check their input with.
 """
 
 from __future__ import annotations
@@ -25,12 +29,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Iterator
 
-from data_tools.ranking import ranks_from_scores
+from data_tools import formats
 from data_tools.records import (CONVERSATION, PAIR, RANKING, BadRow, Record, Rejected,
                                 UnreadableFile)
 
 FORMATS = ("messages", "sharegpt", "support_csv", "prompt_response", "ranking", "pairwise")
-ROLES = ("system", "user", "assistant")
+ROLES = formats.ROLES
 
 
 def open_text(path: Path, newline: str | None = None):
@@ -91,123 +95,67 @@ def iter_json_rows(path: Path) -> Iterator[tuple[int, object]]:
                                       "invalid_json")
 
 
-def role_of(name, role_map) -> str:
+def role_of(name, role_map, field: str | None = None) -> str:
+    where = f"`{field}`: " if field else ""
     if not isinstance(name, str):
-        raise BadRow(f"role {name!r} is not text", "wrong_type")
+        raise BadRow(f"{where}role {name!r} is not text", "wrong_type", field)
     role = role_map.get(name.strip().lower(), name.strip().lower())
     if role not in ROLES:
-        raise BadRow(f"unknown role {name!r}; map it with roles.{name.strip().lower()}="
-                     "user|assistant|system", "unknown_role")
+        raise BadRow(f"{where}unknown role {name!r}; map it with roles.{name.strip().lower()}="
+                     "user|assistant|system", "unknown_role", field)
     return role
 
 
-def text_of(value, where: str) -> str:
-    if isinstance(value, str):
-        return value
-    kind = "a number" if isinstance(value, (int, float)) else \
-        "missing" if value is None else type(value).__name__
-    raise BadRow(f"{where} is {kind}, expected text",
-                 "missing_field" if value is None else "wrong_type")
-
-
 def messages_of(turns, where: str, role_key: str, text_key: str, role_map) -> list[dict]:
+    """Turns with speaker names mapped to roles; the format's own rules come later."""
     if not isinstance(turns, list):
-        raise BadRow(f"`{where}` must be a list of turns", "wrong_type")
+        raise BadRow(f"`{where}` must be a list of turns", "wrong_type", where)
     out = []
     for i, turn in enumerate(turns):
         if not isinstance(turn, dict) or role_key not in turn:
-            raise BadRow(f"`{where}[{i}]` has no `{role_key}`", "missing_field")
-        out.append({"role": role_of(turn[role_key], role_map),
-                    "content": text_of(turn.get(text_key), f"`{where}[{i}].{text_key}`")})
+            raise BadRow(f"`{where}[{i}]` has no `{role_key}`", "missing_field", f"{where}[{i}]")
+        out.append({"role": role_of(turn[role_key], role_map, f"{where}[{i}].{role_key}"),
+                    "content": formats.check_text(turn.get(text_key),
+                                                  f"{where}[{i}].{text_key}")})
     return out
 
 
-def prompt_of(value, role_map) -> list[dict]:
-    """A prompt given as text or as messages."""
-    if isinstance(value, str):
-        return [{"role": "user", "content": value}]
-    if value is None:
-        raise BadRow("`prompt` is missing", "missing_field")
-    return messages_of(value, "prompt", "role", "content", role_map)
-
-
-def answer_of(value, where: str) -> dict:
-    """A response given as text, one assistant message, or a list holding one."""
-    if isinstance(value, list) and len(value) == 1:
-        value = value[0]
-    if isinstance(value, dict):
-        value = value.get("content")
-    return {"role": "assistant", "content": text_of(value, f"`{where}`")}
+def with_mapped_prompt(obj: dict, role_map) -> dict:
+    """A ranking or pairwise row whose prompt messages use speaker names mapped to roles (a
+    prompt given as text is one user turn: formats.check_prompt)."""
+    if isinstance(obj.get("prompt"), list):
+        return {**obj, "prompt": messages_of(obj["prompt"], "prompt", "role", "content",
+                                             role_map)}
+    return obj
 
 
 def convert_json_row(fmt: str, obj, cfg) -> tuple[str, dict]:
-    if not isinstance(obj, dict):
-        raise BadRow(f"a row must be a JSON object, not {type(obj).__name__}", "wrong_type")
+    formats.check_object(obj)
     roles = cfg.roles
     if fmt == "messages":
         if "messages" not in obj:
-            raise BadRow("no `messages` field", "missing_field")
+            raise BadRow("no `messages` field", "missing_field", "messages")
         return CONVERSATION, {"messages": messages_of(obj["messages"], "messages", "role",
                                                       "content", roles)}
     if fmt == "sharegpt":
         if "conversations" not in obj:
-            raise BadRow("no `conversations` field", "missing_field")
+            raise BadRow("no `conversations` field", "missing_field", "conversations")
         return CONVERSATION, {"messages": messages_of(obj["conversations"], "conversations",
                                                       "from", "value", roles)}
     if fmt == "prompt_response":
         cols = cfg.formats.prompt_response
         for col in (cols.prompt, cols.response):
             if col not in obj:
-                raise BadRow(f"no `{col}` field", "missing_field")
+                raise BadRow(f"no `{col}` field", "missing_field", col)
         return CONVERSATION, {"messages": [
-            {"role": "user", "content": text_of(obj[cols.prompt], f"`{cols.prompt}`")},
-            {"role": "assistant", "content": text_of(obj[cols.response], f"`{cols.response}`")}]}
+            {"role": "user", "content": formats.check_text(obj[cols.prompt], cols.prompt)},
+            {"role": "assistant",
+             "content": formats.check_text(obj[cols.response], cols.response)}]}
     if fmt == "ranking":
-        return RANKING, ranking_of(obj, roles)
+        return RANKING, formats.ranking_row(with_mapped_prompt(obj, roles))
     if fmt == "pairwise":
-        for col in ("chosen", "rejected"):
-            if col not in obj:
-                raise BadRow(f"no `{col}` field", "missing_field")
-        data = {"prompt": prompt_of(obj.get("prompt"), roles),
-                "chosen": answer_of(obj["chosen"], "chosen"),
-                "rejected": answer_of(obj["rejected"], "rejected")}
-        if "margin" in obj:
-            data["margin"] = _number(obj["margin"], "margin")
-        return PAIR, data
+        return PAIR, formats.pair_row(with_mapped_prompt(obj, roles))
     raise ValueError(f"unknown format {fmt!r}")
-
-
-def _number(value, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise BadRow(f"`{where}` must be a number, not {value!r}", "wrong_type")
-    return float(value)
-
-
-def ranking_of(obj: dict, roles) -> dict:
-    responses = obj.get("responses")
-    if not isinstance(responses, list):
-        raise BadRow("`responses` must be a list of answers", "bad_ranking")
-    if len(responses) < 2:
-        raise BadRow(f"a ranking needs K >= 2 responses, this row has {len(responses)}",
-                     "bad_ranking")
-    answers = [answer_of(r, f"responses[{i}]") for i, r in enumerate(responses)]
-    data = {"prompt": prompt_of(obj.get("prompt"), roles), "responses": answers}
-    if "ranks" in obj:
-        ranks = obj["ranks"]
-        if not isinstance(ranks, list) or len(ranks) != len(answers):
-            raise BadRow(f"`ranks` must list one rank per response ({len(answers)})",
-                         "bad_ranking")
-        data["ranks"] = [int(_number(r, "ranks")) for r in ranks]
-    if "scores" in obj:
-        scores = obj["scores"]
-        if not isinstance(scores, list) or len(scores) != len(answers):
-            raise BadRow(f"`scores` must list one score per response ({len(answers)})",
-                         "bad_ranking")
-        data["scores"] = [_number(s, "scores") for s in scores]
-        if "ranks" not in data:  # higher score = better; equal scores tie
-            data["ranks"] = ranks_from_scores(data["scores"])
-    data.setdefault("ranks", list(range(1, len(answers) + 1)))  # given best first
-    return data
 
 
 def read_json_file(path: Path, fmt: str, cfg) -> Iterator[Record | Rejected]:
@@ -220,7 +168,7 @@ def read_json_file(path: Path, fmt: str, cfg) -> Iterator[Record | Rejected]:
             yield Record(kind, source, [line_no], data)
         except BadRow as err:
             yield Rejected(source, [line_no], str(err),
-                           obj if not isinstance(obj, BadRow) else None, err.category)
+                           obj if not isinstance(obj, BadRow) else None, err.category, err.field)
 
 
 # ----------------------------------------------------------------- CSV
@@ -323,12 +271,12 @@ def _conversation(conv, turns, path: Path, cfg) -> Record | Rejected:
             try:
                 messages.append({"role": role_of(speaker, cfg.roles), "content": text or ""})
             except BadRow as err:
-                raise BadRow(f"line {line}: {err}", err.category) from None
+                raise BadRow(f"line {line}: {err}", err.category, err.field) from None
         return Record(CONVERSATION, str(path), lines, {"messages": messages, "id": conv})
     except BadRow as err:
         return Rejected(str(path), lines, f"conversation {conv!r}: {err}",
                         [{"line": t[2], "speaker": t[3], "text": t[4]} for t in turns],
-                        err.category)
+                        err.category, err.field)
 
 
 # ----------------------------------------------------------------- dispatch

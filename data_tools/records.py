@@ -9,6 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+# a row that cannot be used, with its reason (raised by the format checks too)
+from data_tools.formats import BadRow  # noqa: F401
+
 # record kinds
 CONVERSATION = "conversation"  # messages: [{role, content}, ...]
 RANKING = "ranking"  # prompt: messages, responses: [assistant message], ranks / scores
@@ -37,6 +40,8 @@ class Rejected:
     raw: object = None
     # short key for the report's "dropped by reason" table
     category: str = "invalid_row"
+    # the field at fault (e.g. `ranks`), when one is
+    field: str | None = None
 
     @property
     def rows(self) -> int:
@@ -44,16 +49,8 @@ class Rejected:
 
     def as_dict(self) -> dict:
         return {"source": self.source, "line": self.lines[0] if len(self.lines) == 1
-                else self.lines, "category": self.category, "reason": self.reason,
-                "row": self.raw}
-
-
-class BadRow(ValueError):
-    """A row that cannot be used; the message is the quarantine reason."""
-
-    def __init__(self, message: str, category: str = "invalid_row"):
-        super().__init__(message)
-        self.category = category
+                else self.lines, "category": self.category, "field": self.field,
+                "reason": self.reason, "row": self.raw}
 
 
 class UnreadableFile(Exception):

@@ -1,8 +1,10 @@
-"""Loading the training formats of DESIGN.md section 4, with errors that name file and line.
+"""Loading the training formats, with errors that name file, line and field.
 
-Every row is checked before training starts. Bad rows are all written to
-`<run dir>/bad_rows.jsonl` with their reasons, and the stage stops with one message naming the
-first of them and the fix: nothing is dropped silently and no traceback comes from inside TRL.
+The rules of each format are data_tools/formats.py's, the code `rlhf-data` checks what it
+writes with: whatever `rlhf-data` writes, every stage accepts. Every row is checked before
+training starts. Bad rows are all written to `<run dir>/bad_rows.jsonl` (where, field,
+category, reason, row), and the stage stops with one message naming the first of them and the
+fix: nothing is dropped silently and no traceback comes from inside TRL.
 """
 
 from __future__ import annotations
@@ -12,9 +14,11 @@ import json
 from pathlib import Path
 from typing import Iterator
 
+from data_tools import formats
+from data_tools.formats import BadRow
 from rlhf.errors import DataError
 
-ROLES = ("system", "user", "assistant")
+ROLES = formats.ROLES
 
 
 def iter_rows(path: str) -> Iterator[tuple[str, object]]:
@@ -50,41 +54,21 @@ def iter_rows(path: str) -> Iterator[tuple[str, object]]:
         raise DataError(f"{path}: the file is empty; it must hold one JSON object per line")
 
 
-def check_messages(messages, where: str, field: str, final_role: str | None) -> None:
-    """Raise DataError unless `messages` is a non-empty list of {role, content} turns."""
-    if not isinstance(messages, list):
-        raise DataError(f"{where}: `{field}` must be a list of {{role, content}} messages, "
-                        f"not {type(messages).__name__}")
-    if not messages:
-        raise DataError(f"{where}: `{field}` is empty; a conversation needs at least one user "
-                        "turn" + (" and an assistant answer" if final_role == "assistant" else ""))
-    for i, msg in enumerate(messages):
-        if not isinstance(msg, dict) or "role" not in msg or "content" not in msg:
-            raise DataError(f"{where}: `{field}[{i}]` must be an object with `role` and `content`")
-        if msg["role"] not in ROLES:
-            raise DataError(f"{where}: `{field}[{i}].role` is {msg['role']!r}; use one of "
-                            f"{', '.join(ROLES)} (`rlhf-data` maps other speaker names)")
-        if not isinstance(msg["content"], str):
-            raise DataError(f"{where}: `{field}[{i}].content` must be text, not "
-                            f"{type(msg['content']).__name__}")
-    if final_role and messages[-1]["role"] != final_role:
-        raise DataError(f"{where}: `{field}` ends with a {messages[-1]['role']!r} turn; it must end "
-                        f"with {final_role!r}")
-
-
 def load_checked(path: str, check, max_rows: int | None, bad_rows_dir: Path | None) -> list:
-    """Check every row with `check(row, where) -> row`; stop on bad rows, listing all of them."""
+    """Check every row with `check(row) -> row` (raising formats.BadRow); stop on bad rows,
+    listing all of them."""
     rows, bad = [], []
     for where, row in iter_rows(path):
         try:
             if isinstance(row, Exception):
                 raise row
-            if not isinstance(row, dict):
-                raise DataError(f"{where}: a row must be a JSON object, not {type(row).__name__}")
-            rows.append(check(row, where))
-        except DataError as err:
-            bad.append({"where": where, "reason": str(err), "row": row if isinstance(row, dict)
-                        else repr(row)})
+            rows.append(check(row))
+        except BadRow as err:
+            bad.append({"where": where, "field": err.field, "category": err.category,
+                        "reason": f"{where}: {err}", "row": row})
+        except DataError as err:  # not valid JSON
+            bad.append({"where": where, "field": None, "category": "invalid_json",
+                        "reason": str(err), "row": None})
         if max_rows is not None and len(rows) >= max_rows:
             break
     if bad:
@@ -102,27 +86,14 @@ def load_checked(path: str, check, max_rows: int | None, bad_rows_dir: Path | No
 def load_conversations(path: str, max_rows: int | None = None,
                        bad_rows_dir: Path | None = None) -> list[dict]:
     """SFT rows: `{"messages": [...]}` ending with an assistant turn. Other fields are dropped."""
-    def check(row, where):
-        if "messages" not in row:
-            raise DataError(f"{where}: no `messages` field; an SFT row is "
-                            '{"messages": [{"role": "user", ...}, {"role": "assistant", ...}]}')
-        check_messages(row["messages"], where, "messages", final_role="assistant")
-        return {"messages": [{"role": m["role"], "content": m["content"]}
-                             for m in row["messages"]]}
-    return load_checked(path, check, max_rows, bad_rows_dir)
+    return load_checked(path, formats.sft_row, max_rows, bad_rows_dir)
 
 
 def load_prompts(path: str, max_rows: int | None = None,
                  bad_rows_dir: Path | None = None) -> list[dict]:
     """Prompt rows: `{"prompt": [...]}` ending with a user turn; other fields are kept
     (the demo's `product` and `intent` reach the oracle and reward functions)."""
-    def check(row, where):
-        if "prompt" not in row:
-            raise DataError(f"{where}: no `prompt` field; a prompt row is "
-                            '{"prompt": [{"role": "user", "content": ...}]}')
-        check_messages(row["prompt"], where, "prompt", final_role="user")
-        return row
-    return load_checked(path, check, max_rows, bad_rows_dir)
+    return load_checked(path, formats.prompt_row, max_rows, bad_rows_dir)
 
 
 def require(value: str | None, field: str, stage: str) -> str:

@@ -1,7 +1,8 @@
 """Loading ranked responses (K-wise) and preference pairs for the reward model, and the
 collator that flattens K responses per prompt into one batch of sequences.
 
-A pair is a ranking with K = 2. Each row is checked first; errors name the file, line and field.
+A pair is a ranking with K = 2. Each row is checked first with the rules of
+data_tools/formats.py (those `rlhf-data` writes by); errors name the file, line and field.
 """
 
 from __future__ import annotations
@@ -10,61 +11,23 @@ from pathlib import Path
 
 import torch
 
-from data_tools.ranking import ranked_pairs, ranks_from_scores
-from rlhf.data.loading import load_checked, check_messages
-from rlhf.errors import DataError
+from data_tools import formats
+from data_tools.ranking import ranked_pairs
+from rlhf.data.loading import load_checked
 
 
-def _answer(value, where: str, field: str) -> str:
-    if isinstance(value, list) and len(value) == 1:
-        value = value[0]
-    if isinstance(value, dict):
-        value = value.get("content")
-    if not isinstance(value, str) or not value.strip():
-        raise DataError(f"{where}: `{field}` must be a non-empty assistant answer")
-    return value
+def _check_ranking(row) -> dict:
+    """formats.ranking_row (K >= 2, no answer twice, ranks/scores, not all tied), as texts."""
+    r = formats.ranking_row(row)
+    return {"prompt": r["prompt"], "responses": [a["content"] for a in r["responses"]],
+            "ranks": r["ranks"], "scores": r["scores"]}
 
 
-def _check_ranking(row: dict, where: str) -> dict:
-    if "prompt" not in row or "responses" not in row:
-        raise DataError(f"{where}: a ranking row needs `prompt` and `responses` "
-                        "(and `ranks` or `scores`, best first if neither)")
-    check_messages(row["prompt"], where, "prompt", final_role="user")
-    responses = row["responses"]
-    if not isinstance(responses, list) or len(responses) < 2:
-        raise DataError(f"{where}: `responses` needs K >= 2 answers to rank, found "
-                        f"{len(responses) if isinstance(responses, list) else 0}")
-    texts = [_answer(r, where, f"responses[{i}]") for i, r in enumerate(responses)]
-    if len(set(texts)) != len(texts):
-        raise DataError(f"{where}: `responses` lists the same answer twice; rank each answer once")
-    ranks = row.get("ranks")
-    scores = row.get("scores")
-    if ranks is None and scores is None:
-        ranks = list(range(1, len(texts) + 1))  # given best first
-    if ranks is None:
-        ranks = ranks_from_scores(scores)
-    if not isinstance(ranks, list) or len(ranks) != len(texts) or \
-            not all(isinstance(r, int) for r in ranks):
-        raise DataError(f"{where}: `ranks` must give one integer rank per response "
-                        f"({len(texts)}); rank 1 is best, equal ranks are ties")
-    if scores is not None and (not isinstance(scores, list) or len(scores) != len(texts)):
-        raise DataError(f"{where}: `scores` must give one number per response ({len(texts)})")
-    if len(set(ranks)) < 2:
-        raise DataError(f"{where}: all responses tie; the row teaches the reward model nothing")
-    return {"prompt": row["prompt"], "responses": texts, "ranks": ranks, "scores": scores}
-
-
-def _check_pair(row: dict, where: str) -> dict:
-    if not all(k in row for k in ("prompt", "chosen", "rejected")):
-        raise DataError(f"{where}: a preference row needs `prompt`, `chosen` and `rejected`")
-    check_messages(row["prompt"], where, "prompt", final_role="user")
-    chosen = _answer(row["chosen"], where, "chosen")
-    rejected = _answer(row["rejected"], where, "rejected")
-    if chosen == rejected:
-        raise DataError(f"{where}: `chosen` and `rejected` are the same text")
-    margin = row.get("margin")
-    return {"prompt": row["prompt"], "responses": [chosen, rejected], "ranks": [1, 2],
-            "scores": None if margin is None else [float(margin), 0.0]}
+def _check_pair(row) -> dict:
+    """formats.pair_row, as a ranking with K = 2 (the margin as the chosen answer's score)."""
+    p = formats.pair_row(row)
+    return {"prompt": p["prompt"], "responses": [p["chosen"]["content"], p["rejected"]["content"]],
+            "ranks": [1, 2], "scores": None if p["margin"] is None else [p["margin"], 0.0]}
 
 
 def load_rankings(path: str, max_rows: int | None = None,

@@ -40,7 +40,7 @@ def test_steps_can_be_switched_off(make_cfg):
 
 @pytest.mark.parametrize("turns,reason", [
     ([("assistant", "Hello"), ("user", "hi")], "turn 1 is 'assistant' where 'user'"),
-    ([("user", "Hi")], "ends with a user turn"),
+    ([("user", "Hi")], "`messages` ends with a 'user' turn"),
     ([("user", "   ")], "no user or assistant turn"),
 ])
 def test_role_order(make_cfg, turns, reason):

@@ -48,7 +48,7 @@ def test_mixed_folder_to_training_sets(mixed_folder, make_cfg, tmp_path):
     by_reason = summary["dropped_by_reason"]
     assert by_reason["invalid_json"] == 1 and by_reason["empty"] == 1
     assert by_reason["unknown_role"] == 2  # both rows of conversation c2 ("operator")
-    assert by_reason["bad_pair"] == 1 and by_reason["duplicate_exact"] >= 2
+    assert by_reason["pair_identical"] == 1 and by_reason["duplicate_exact"] >= 2
     assert summary["pii_replaced"] == {"email": 1, "card": 1, "phone": 1}
     sft = read_jsonl(out / "sft" / "train.jsonl") + read_jsonl(out / "sft" / "eval.jsonl")
     assert any("<CARD>" in m["content"] for row in sft for m in row["messages"])
@@ -138,10 +138,3 @@ def test_cli_prints_the_summary(make_cfg, tmp_path, run_cli):
     report = json.loads((tmp_path / "o" / "report.json").read_text())
     assert report["dropped_by_reason"] == {"duplicate_exact": 1}
 
-
-def test_prepared_data_trains_with_rlhf_sft(mixed_folder, make_cfg, tmp_path, run_cli):
-    prepare(make_cfg(inputs=[{"path": str(mixed_folder), "format": "auto"}]))
-    result = run_cli(["stage=sft", "data=prepared", f"data.dir={tmp_path / 'out'}", "debug=tiny",
-                      f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
-    assert result.returncode == 0, result.output[-3000:]
-    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["train/steps"] == 4

@@ -108,7 +108,7 @@ def test_bad_rows_are_rejected_with_precise_reasons(tmp_path, make_cfg):
     assert len(records) == 1
     reasons = {r.lines[0]: (r.category, r.reason) for r in rejected}
     assert reasons[1][0] == "invalid_json"
-    assert reasons[2] == ("wrong_type", "`messages[0].content` is a number, expected text")
+    assert reasons[2] == ("wrong_type", "`messages[0].content` must be text, not int")
     assert reasons[3][0] == "unknown_role" and "roles.wizard=" in reasons[3][1]
     assert reasons[4] == ("missing_field", "no `messages` field")
 
