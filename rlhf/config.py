@@ -1,9 +1,13 @@
 """Typed schemas of every config group, registered in Hydra's ConfigStore.
 
-Each YAML under conf/<group>/ starts with `defaults: [<schema>]`, so a misspelled key or a
-wrong type fails when Hydra composes the config, before any model is loaded. Defaults live
-here, not in code (no `cfg.get(key, default)` anywhere). Cross-field rules that a schema
-cannot express are checked in `validate`, which names the field and the fix.
+Each YAML under conf/<group>/ starts with `defaults: [<schema>]` (or with another option of
+its group that it extends, e.g. rloo extends grpo), so a misspelled key or a wrong type fails
+when Hydra composes the config, before any model is loaded. Defaults live here, once: not in
+code (no `cfg.get(key, default)` anywhere) and not repeated in the YAML options, which hold
+only what differs from these defaults. A stage's schema offers only the fields the stage uses.
+Cross-field rules that a schema cannot express are checked in `validate`, which names the
+field and the fix in one line; it runs when the config is composed, before any library is
+imported.
 """
 
 from __future__ import annotations
@@ -55,11 +59,16 @@ class DPOReference(str, Enum):
     precomputed = "precomputed"  # reference log-probs computed once before training
 
 
-# TRL's DPOTrainer losses; simpo and orpo are reference-free and run on TRL's CPO/ORPO trainers
+# TRL's DPOTrainer losses (DPOConfig.loss_type), listed here so that composing a config does
+# not import TRL; tests/test_config.py fails when TRL's list and this one differ
 DPO_LOSSES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair",
-              "sppo_hard", "aot", "aot_unpaired", "apo_zero", "apo_down", "discopop",
+              "sppo_hard", "aot", "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft",
               "sigmoid_norm")
+# reference-free; they run on TRL's CPO (SimPO) and ORPO trainers
 REFERENCE_FREE_LOSSES = ("simpo", "orpo")
+# the losses that read stage.label_smoothing (TRL 1.16's DPOTrainer and CPOTrainer); the
+# others ignore it
+LABEL_SMOOTHING_LOSSES = ("robust", "exo_pair", "aot", "aot_unpaired", "simpo")
 
 
 class LoggerBackend(str, Enum):
@@ -127,11 +136,14 @@ class DataConfig:
 # ---------------------------------------------------------------- stages
 @dataclass
 class TrainStageConfig:
-    """What every training stage shares. Batch sizes are given once, as the global batch."""
+    """What every training stage shares (sft, rm, dpo, grpo, rloo). Batch sizes are given
+    once, as the global batch."""
     name: str = MISSING
     seed: int = 42
     learning_rate: float = 1e-5
+    # any transformers scheduler name: cosine, linear, constant, constant_with_warmup, ...
     lr_scheduler: str = "cosine"
+    # share of the steps spent warming the learning rate up
     warmup_ratio: float = 0.0
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
@@ -141,9 +153,10 @@ class TrainStageConfig:
     # sequences per optimizer step, over all ranks; accumulation is derived from it
     global_batch_size: int = 32
     per_device_batch_size: int = 8
-    max_length: int = 512
     logging_steps: int = 10
-    # 0: evaluate once, at the end
+    # also evaluate on the stage's held-out split (data.*_eval) every N steps; 0: only once,
+    # at the end. grpo and rloo have no such split (their evaluation is stage.heldout, at
+    # the end), so validate() requires 0 there
     eval_steps: int = 0
     gradient_checkpointing: bool = False
     # also save a resumable checkpoint (with DeepSpeed's sharded state) every N steps;
@@ -157,9 +170,18 @@ class TrainStageConfig:
 
 
 @dataclass
-class SFTStageConfig(TrainStageConfig):
+class OfflineStageConfig(TrainStageConfig):
+    """Stages that learn from a fixed data set of token sequences (sft, rm, dpo), unlike grpo
+    and rloo, which sample their own answers (their length is stage.max_new_tokens)."""
+    # tokens per training sequence (prompt + answer); longer ones are truncated
+    max_length: int = 512
+
+
+@dataclass
+class SFTStageConfig(OfflineStageConfig):
     name: str = "sft"
     learning_rate: float = 2e-5
+    warmup_ratio: float = 0.03
     # loss on assistant tokens only (needs {% generation %} in the chat template)
     assistant_only_loss: bool = True
     packing: bool = False
@@ -168,9 +190,11 @@ class SFTStageConfig(TrainStageConfig):
 
 
 @dataclass
-class RMStageConfig(TrainStageConfig):
+class RMStageConfig(OfflineStageConfig):
+    """global_batch_size counts prompts (kwise) or pairs (pairwise)."""
     name: str = "rm"
     learning_rate: float = 1e-5
+    warmup_ratio: float = 0.03
     objective: RMObjective = RMObjective.kwise
     data_format: PreferenceFormat = PreferenceFormat.rankings
     # subtract the score difference from the data as a margin
@@ -208,19 +232,23 @@ class EvalStageConfig(HeldOutEvalConfig):
 
 
 @dataclass
-class DPOStageConfig(TrainStageConfig):
+class DPOStageConfig(OfflineStageConfig):
+    """global_batch_size counts preference pairs."""
     name: str = "dpo"
     learning_rate: float = 1e-6
+    warmup_ratio: float = 0.1
     # strength of the pull towards the reference (the KL coefficient of the implied reward)
     beta: float = 0.1
     # one of DPO_LOSSES, or the reference-free simpo / orpo
     loss_type: str = "sigmoid"
-    # probability that a label is flipped (robust) or the EXO epsilon
+    # read by the losses in LABEL_SMOOTHING_LOSSES only: the chance that a label is flipped
+    # (robust), EXO's epsilon (exo_pair, > 0; the paper uses 1e-3), ...
     label_smoothing: float = 0.0
     # SimPO's target reward margin (loss_type=simpo)
     simpo_gamma: float = 0.5
     reference: DPOReference = DPOReference.model
-    # the reference model for reference=model/precomputed; null: model.path
+    # the reference model for reference=model/precomputed; null: model.path. Also the
+    # default reference of the held-out KL
     reference_path: Optional[str] = None
     # pairs (data.pairs_*) or rankings (data.rankings_*) expanded to their non-tied pairs
     data_format: PreferenceFormat = PreferenceFormat.rankings
@@ -233,6 +261,8 @@ class OnlineRLStageConfig(TrainStageConfig):
     global_batch_size and per_device_batch_size count completions (prompts x group)."""
     name: str = MISSING
     learning_rate: float = 1e-6
+    max_steps: int = 200
+    per_device_batch_size: int = 32
     # a stage=rm run (or checkpoint); its rewards are normalised with its reward_stats.json
     reward_model: Optional[str] = None
     reward_model_weight: float = 1.0
@@ -242,7 +272,9 @@ class OnlineRLStageConfig(TrainStageConfig):
     num_generations: int = 8
     # KL coefficient towards the reference (the starting model); 0 drops the reference
     beta: float = 0.04
+    # tokens per sampled answer (TRL's max_completion_length); prompts are not truncated
     max_new_tokens: int = 64
+    # sampling temperature of the training answers (> 0)
     temperature: float = 1.0
     heldout: HeldOutEvalConfig = field(default_factory=HeldOutEvalConfig)
 
@@ -341,9 +373,10 @@ class Config:
 def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="rlhf_schema", node=Config)
+    # rloo has no schema of its own: conf/stage/rloo.yaml extends grpo
     for name, node in {"sft": SFTStageConfig, "rm": RMStageConfig, "eval": EvalStageConfig,
                        "dpo": DPOStageConfig, "grpo": OnlineRLStageConfig,
-                       "rloo": OnlineRLStageConfig, "pipeline": PipelineStageConfig}.items():
+                       "pipeline": PipelineStageConfig}.items():
         cs.store(group="stage", name=f"{name}_schema", node=node)
     for group, node in {"model": ModelConfig, "data": DataConfig,
                         "distributed": DistributedConfig, "logger": LoggerConfig,
@@ -357,16 +390,25 @@ def validate(cfg: Any, world: int | None = None) -> None:
     `world` is the number of ranks when already inside torchrun/srun; otherwise the ranks
     that `rlhf` will start (distributed.nproc_per_node)."""
     world = world or cfg.distributed.nproc_per_node
-    if cfg.stage.name == "pipeline" and not cfg.pipeline.steps:
+    stage = cfg.stage
+    if stage.name == "pipeline" and not cfg.pipeline.steps:
         raise ConfigError("stage=pipeline needs pipeline.steps; use an experiment that defines "
                           "them, e.g. `rlhf experiment=demo`")
     validate_distributed(cfg.distributed)
-    if hasattr(cfg.stage, "global_batch_size"):
-        validate_training(cfg.stage, world)
-    if cfg.stage.name == "dpo" and cfg.stage.reference == DPOReference.lora_base and \
-            not cfg.model.lora.enabled:
-        raise ConfigError("stage.reference=lora_base uses the policy with its adapters disabled; "
-                          "set model.lora.enabled=true, or use stage.reference=model")
+    if hasattr(stage, "global_batch_size"):
+        validate_training(stage, world)
+        validate_eval_data(stage, cfg.data)
+    if stage.name == "dpo":
+        validate_dpo(stage, cfg.model)
+    if stage.name in ("grpo", "rloo"):
+        validate_online_rl(stage)
+    if stage.name == "eval":
+        validate_heldout(stage, "stage")
+    if hasattr(stage, "heldout"):
+        validate_heldout(stage.heldout, "stage.heldout")
+    if stage.name == "rm" and stage.reward_stats_rows < 1:
+        raise ConfigError(f"stage.reward_stats_rows={stage.reward_stats_rows}: reward_stats.json "
+                          "is computed on that many training rows; use at least 1")
 
 
 def validate_distributed(dist: Any) -> None:
@@ -405,22 +447,68 @@ def validate_training(stage: Any, world: int) -> None:
                           "by itself; also set stage.packing=true")
     if stage.max_steps == 0:
         raise ConfigError("stage.max_steps=0 trains nothing; use -1 (epochs) or a positive count")
-    if stage.name == "dpo":
-        validate_dpo(stage)
-    if stage.name in ("grpo", "rloo"):
-        validate_online_rl(stage, world)
 
 
-def validate_dpo(stage: Any) -> None:
-    if stage.loss_type not in DPO_LOSSES + REFERENCE_FREE_LOSSES:
+def eval_data_field(stage: Any) -> str | None:
+    """The data.* field holding the held-out split a training stage evaluates on, if any."""
+    if stage.name == "sft":
+        return "sft_eval"
+    if stage.name in ("rm", "dpo"):
+        return f"{stage.data_format.value}_eval"
+    return None  # grpo, rloo: no held-out split during training
+
+
+def validate_eval_data(stage: Any, data: Any) -> None:
+    """eval_steps > 0 asks the trainer to evaluate during training; without held-out data
+    transformers' Trainer stops with a traceback once the model is loaded."""
+    if stage.eval_steps <= 0:
+        return
+    field_name = eval_data_field(stage)
+    if field_name is None:
+        raise ConfigError(f"stage.eval_steps={stage.eval_steps}: stage={stage.name} has no "
+                          "held-out split to evaluate during training (its held-out evaluation "
+                          "is stage.heldout, at the end); set stage.eval_steps=0")
+    if not data[field_name]:
+        raise ConfigError(f"stage.eval_steps={stage.eval_steps} evaluates on data.{field_name}, "
+                          f"which is not set; set data.{field_name}=<file> or stage.eval_steps=0")
+
+
+def validate_dpo(stage: Any, model: Any) -> None:
+    losses = DPO_LOSSES + REFERENCE_FREE_LOSSES
+    if stage.loss_type not in losses:
         raise ConfigError(f"stage.loss_type={stage.loss_type!r} is not a known loss; use one of "
-                          f"{', '.join(DPO_LOSSES + REFERENCE_FREE_LOSSES)}")
+                          f"{', '.join(losses)}")
+    if stage.beta <= 0:
+        raise ConfigError(f"stage.beta={stage.beta} must be positive (it scales the implied "
+                          "reward; ipo and sppo_hard divide by it)")
+    if stage.loss_type in REFERENCE_FREE_LOSSES:
+        unused = ([f"stage.reference={stage.reference.value}"]
+                  if stage.reference != DPOReference.model else []) + \
+                 (["stage.reference_path"] if stage.reference_path else [])
+        if unused:
+            raise ConfigError(f"stage.loss_type={stage.loss_type} is reference-free, so "
+                              f"{' and '.join(unused)} would do nothing; drop it (the held-out "
+                              "KL's reference is stage.heldout.reference_path)")
+    if stage.reference == DPOReference.lora_base and not model.lora.enabled:
+        raise ConfigError("stage.reference=lora_base uses the policy with its adapters disabled; "
+                          "set model.lora.enabled=true, or use stage.reference=model")
+    if stage.reference == DPOReference.lora_base and stage.reference_path:
+        raise ConfigError("stage.reference=lora_base takes the policy's base model as the "
+                          "reference, so stage.reference_path is unused; drop it, or use "
+                          "stage.reference=model")
+    if stage.label_smoothing and stage.loss_type not in LABEL_SMOOTHING_LOSSES:
+        raise ConfigError(f"stage.label_smoothing={stage.label_smoothing} is ignored by "
+                          f"loss_type={stage.loss_type}; set it to 0, or use one of "
+                          f"{', '.join(LABEL_SMOOTHING_LOSSES)}")
     if stage.loss_type == "robust" and not 0 <= stage.label_smoothing < 0.5:
         raise ConfigError(f"stage.label_smoothing={stage.label_smoothing}: robust DPO reads it as "
                           "the chance a label is flipped; it must be in [0, 0.5)")
+    if stage.loss_type == "exo_pair" and not 0 < stage.label_smoothing < 1:
+        raise ConfigError(f"stage.label_smoothing={stage.label_smoothing}: exo_pair takes "
+                          "log(label_smoothing), infinite at 0; use a value in (0, 1), e.g. 1e-3")
 
 
-def validate_online_rl(stage: Any, world: int) -> None:
+def validate_online_rl(stage: Any) -> None:
     if stage.num_generations < 2:
         raise ConfigError(f"stage.num_generations={stage.num_generations}: {stage.name} compares "
                           "answers within a group; sample at least 2 per prompt")
@@ -428,6 +516,23 @@ def validate_online_rl(stage: Any, world: int) -> None:
         raise ConfigError(f"stage.global_batch_size={stage.global_batch_size} counts completions "
                           f"and must be a multiple of stage.num_generations="
                           f"{stage.num_generations} (whole groups per step)")
+    if stage.temperature <= 0:
+        raise ConfigError(f"stage.temperature={stage.temperature}: the group's answers are "
+                          "sampled, so it must be positive (1.0 samples the policy as it is)")
+    if stage.beta < 0:
+        raise ConfigError(f"stage.beta={stage.beta} must be >= 0 (0 drops the reference model)")
     if not stage.reward_model and not stage.reward_funcs:
         raise ConfigError(f"stage={stage.name} needs a reward: set stage.reward_model=<stage=rm "
                           "run dir> and/or stage.reward_funcs=[{_target_: pkg.module.fn}]")
+
+
+def validate_heldout(settings: Any, prefix: str) -> None:
+    """A HeldOutEvalConfig: stage=eval's own fields, or stage.heldout of dpo/grpo/rloo."""
+    if not settings.greedy and settings.sample_temperature <= 0:
+        raise ConfigError(f"{prefix}.greedy=false and {prefix}.sample_temperature="
+                          f"{settings.sample_temperature} answer nothing; set {prefix}.greedy=true "
+                          f"or {prefix}.sample_temperature > 0")
+    if settings.reference_path and settings.sample_temperature <= 0:
+        raise ConfigError(f"{prefix}.reference_path is set, but the KL to it is estimated on "
+                          f"sampled answers and {prefix}.sample_temperature="
+                          f"{settings.sample_temperature} samples none; set it to 1.0")

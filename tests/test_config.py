@@ -3,18 +3,30 @@ bad cross-field settings fail at once with a message naming the key."""
 
 from __future__ import annotations
 
+import dataclasses
+import re
 from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
 
 from rlhf.cli import CONFIG_DIR
-from rlhf.config import validate
+from rlhf.config import (DPO_LOSSES, REFERENCE_FREE_LOSSES, DPOStageConfig, EvalStageConfig,
+                         ModelConfig, OnlineRLStageConfig, RMStageConfig, SFTStageConfig,
+                         validate)
 from rlhf.errors import ConfigError
 
 CONF = Path(CONFIG_DIR)
+REPO = Path(__file__).resolve().parent.parent
 GROUPS = ["stage", "model", "data", "distributed", "logger", "debug", "experiment"]
+REWARD = "stage.reward_funcs=[{_target_: rlhf.rewards.length.LengthPenalty}]"
+
+
+def composed(overrides: list[str]) -> DictConfig:
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose(config_name="config", overrides=overrides)
 
 
 def all_options() -> list[tuple[str, str]]:
@@ -97,3 +109,218 @@ def test_help_and_cfg_job(run_cli, tmp_path):
     assert result.returncode == 0
     cfg = OmegaConf.create(result.output[result.output.index("stage:"):])
     assert cfg.stage.learning_rate == 1e-4 and cfg.model.name == "demo_tiny"
+
+
+# ---------------------------------------------------------------- options as deltas
+def _body(path: Path) -> dict:
+    return OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+
+
+def _base(group: str, path: Path) -> DictConfig:
+    """What a YAML file is written on top of: its schema, or the option it extends (the
+    string entries of its defaults list before _self_)."""
+    base = None  # the first node keeps its schema's types (e.g. Optional dataclasses)
+    for entry in _body(path).get("defaults", []):
+        if entry == "_self_":
+            break
+        if not isinstance(entry, str):
+            continue
+        option = CONF / group / f"{entry}.yaml"
+        if option.exists():  # another option of the same group, e.g. rloo -> grpo
+            parent = {k: v for k, v in _body(option).items() if k != "defaults"}
+            node = OmegaConf.merge(_base(group, option), parent)
+        else:
+            node = ConfigStore.instance().load(f"{group}/{entry}.yaml".lstrip("/")).node
+        base = node if base is None else OmegaConf.merge(base, node)
+    return OmegaConf.create() if base is None else base
+
+
+def _repeats(body: dict, base: DictConfig, prefix: str = "") -> list[str]:
+    """Keys of `body` whose value equals the one in `base` (recursing into mappings; an
+    Optional dataclass left at None counts with its own defaults)."""
+    plain = OmegaConf.to_container(base, resolve=False, enum_to_str=True)
+    found = []
+    for key, value in body.items():
+        if key not in plain:  # defaults, hydra, ...
+            continue
+        if isinstance(value, dict):
+            child = base[key] if plain[key] is not None else OmegaConf.merge(base, {key: {}})[key]
+            found += _repeats(value, child, f"{prefix}{key}.")
+        elif plain[key] == value:
+            found.append(f"{prefix}{key}: {value}")
+    return found
+
+
+def yaml_files() -> list:
+    """Every YAML under conf/ but Hydra's own and the experiments (global deltas)."""
+    params = []
+    for path in sorted(CONF.rglob("*.yaml")):
+        rel = path.relative_to(CONF)
+        if rel.parts[0] in ("hydra", "experiment"):
+            continue
+        marks = []
+        if str(rel) in ("model/demo_tiny.yaml", "data/demo.yaml"):
+            # their `demo:` blocks restate DemoModelSpec / DemoSpec, and demo_tiny its dtype;
+            # these files belong to the demo tuning (issue 10, part 5): trim them there, then
+            # drop this mark (strict: the test fails once they no longer repeat anything)
+            marks.append(pytest.mark.xfail(strict=True, reason="demo files not yet trimmed"))
+        params.append(pytest.param(path, id=str(rel), marks=marks))
+    return params
+
+
+@pytest.mark.parametrize("path", yaml_files())
+def test_no_yaml_line_repeats_a_default(path):
+    group = "/".join(path.relative_to(CONF).parts[:-1])
+    repeated = _repeats({k: v for k, v in _body(path).items() if k != "defaults"},
+                        _base(group, path))
+    assert not repeated, f"{path.relative_to(CONF)} restates defaults: {repeated}"
+
+
+def test_the_repeat_finder_finds_repeats():
+    base = OmegaConf.structured(SFTStageConfig)
+    assert _repeats({"learning_rate": 2e-5, "warmup_ratio": 0.5, "packing": False},
+                    base) == ["learning_rate: 2e-05", "packing: False"]
+    # a dataclass field that defaults to None compares with the dataclass's own defaults
+    model = OmegaConf.structured(ModelConfig)
+    assert _repeats({"dtype": "float32", "demo": {"seed": 0, "hidden_size": 7}}, model) == \
+        ["dtype: float32", "demo.seed: 0"]
+    assert _repeats({"name": "grpo"}, _base("stage", CONF / "stage" / "rloo.yaml")) == \
+        ["name: grpo"]
+
+
+def test_zero3_offload_is_zero3_plus_the_offload_flags():
+    zero3 = OmegaConf.to_container(composed(["distributed=zero3"]).distributed)
+    offload = OmegaConf.to_container(composed(["distributed=zero3_offload"]).distributed)
+    changed = {k for k in zero3["zero"] if zero3["zero"][k] != offload["zero"][k]}
+    assert changed == {"offload_optimizer", "offload_params"}
+    assert offload["zero"]["offload_optimizer"] and offload["zero"]["offload_params"]
+    assert {k for k in zero3 if zero3[k] != offload[k]} == {"name", "zero"}
+
+
+def test_rloo_is_grpo_under_another_name():
+    grpo = OmegaConf.to_container(composed(["stage=grpo"]).stage)
+    rloo = OmegaConf.to_container(composed(["stage=rloo"]).stage)
+    assert (grpo.pop("name"), rloo.pop("name")) == ("grpo", "rloo")
+    assert grpo == rloo
+
+
+# ---------------------------------------------------------------- fields a stage uses
+def test_online_rl_offers_no_max_length():
+    """grpo/rloo sample their answers (stage.max_new_tokens) and TRL's GRPO/RLOO do not
+    truncate prompts: a max_length would do nothing, so the schema has none."""
+    with pytest.raises(Exception, match="max_length"):
+        composed(["stage=grpo", "stage.max_length=128"])
+    assert "max_length" in composed(["stage=dpo"]).stage
+
+
+STAGE_SOURCES = {  # where each stage reads its config (plus rlhf/stages/common.py)
+    SFTStageConfig: ["rlhf/stages/sft.py"],
+    RMStageConfig: ["rlhf/stages/rm.py"],
+    DPOStageConfig: ["rlhf/stages/dpo.py"],
+    OnlineRLStageConfig: ["rlhf/stages/online_rl.py", "rlhf/rewards/__init__.py"],
+    EvalStageConfig: ["rlhf/stages/eval.py"],
+}
+
+
+def _unread_fields(schema) -> list[str]:
+    sources = "".join((REPO / f).read_text() for f in [
+        *STAGE_SOURCES[schema], "rlhf/stages/common.py", "rlhf/distributed/deepspeed_config.py"])
+    return [f.name for f in dataclasses.fields(schema)
+            if f.name != "name" and not re.search(rf"\.{f.name}\b", sources)]
+
+
+@pytest.mark.parametrize("schema", list(STAGE_SOURCES), ids=lambda s: s.__name__)
+def test_every_stage_field_is_read_by_the_stage(schema):
+    """A field that no code of the stage reads does nothing: it should not be offered.
+    (`stage.heldout` is a HeldOutEvalConfig, read as stage=eval reads its own fields.)"""
+    unread = _unread_fields(schema)
+    assert not unread, f"{schema.__name__} offers fields its stage never reads: {unread}"
+
+
+# ---------------------------------------------------------------- cross-field checks
+@pytest.mark.parametrize("overrides,message", [
+    # eval_steps > 0 without held-out data: transformers' Trainer would stop once loaded
+    (["stage=sft", "stage.eval_steps=10", "data.sft_eval=null"],
+     "stage.eval_steps=10 evaluates on data.sft_eval, which is not set"),
+    (["stage=rm", "stage.eval_steps=10", "data.rankings_eval=null"],
+     "evaluates on data.rankings_eval, which is not set"),
+    (["stage=dpo", "stage.data_format=pairs", "data.pairs_train=p.jsonl", "stage.eval_steps=5"],
+     "evaluates on data.pairs_eval, which is not set"),
+    (["stage=grpo", REWARD, "stage.eval_steps=5"],
+     "stage=grpo has no held-out split to evaluate during training"),
+    # reference settings that do nothing
+    (["stage=dpo", "stage.loss_type=simpo", "stage.reference=precomputed"],
+     "loss_type=simpo is reference-free, so stage.reference=precomputed would do nothing"),
+    (["stage=dpo", "stage.loss_type=orpo", "stage.reference_path=/models/sft"],
+     "loss_type=orpo is reference-free, so stage.reference_path would do nothing"),
+    (["stage=dpo", "stage.reference=lora_base"],
+     "stage.reference=lora_base uses the policy with its adapters disabled"),
+    (["stage=dpo", "model.lora.enabled=true", "stage.reference=lora_base",
+      "stage.reference_path=/models/sft"], "stage.reference_path is unused"),
+    # DPO losses and their parameters
+    (["stage=dpo", "stage.loss_type=dpo"], "stage.loss_type='dpo' is not a known loss"),
+    (["stage=dpo", "stage.beta=0"], "stage.beta=0.0 must be positive"),
+    (["stage=dpo", "stage.label_smoothing=0.1"],
+     "stage.label_smoothing=0.1 is ignored by loss_type=sigmoid"),
+    (["stage=dpo", "stage.loss_type=robust", "stage.label_smoothing=0.5"],
+     "robust DPO reads it as the chance a label is flipped"),
+    (["stage=dpo", "stage.loss_type=exo_pair"], "exo_pair takes log\\(label_smoothing\\)"),
+    # online RL
+    (["stage=grpo", REWARD, "stage.num_generations=1"], "sample at least 2 per prompt"),
+    (["stage=rloo", REWARD, "stage.num_generations=6"],
+     "stage.global_batch_size=32 counts completions and must be a multiple of "
+     "stage.num_generations=6"),
+    (["stage=grpo", REWARD, "stage.temperature=0"], "stage.temperature=0.0: .* positive"),
+    (["stage=grpo", REWARD, "stage.beta=-0.1"], "stage.beta=-0.1 must be >= 0"),
+    # held-out evaluation
+    (["stage=eval", "stage.greedy=false", "stage.sample_temperature=0"], "answer nothing"),
+    (["stage=eval", "stage.reference_path=/models/sft", "stage.sample_temperature=0"],
+     "stage.reference_path is set, but the KL to it is estimated on sampled answers"),
+    (["stage=dpo", "stage.heldout.reference_path=/models/sft",
+      "stage.heldout.sample_temperature=0"], "stage.heldout.reference_path is set"),
+    (["stage=rm", "stage.reward_stats_rows=0"], "stage.reward_stats_rows=0"),
+])
+def test_cross_field_error_is_one_line_naming_the_field(overrides, message):
+    cfg = composed(overrides)
+    with pytest.raises(ConfigError, match=message) as err:
+        validate(cfg)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("overrides", [
+    ["stage=sft", "stage.eval_steps=10"],  # the demo has data.sft_eval
+    ["stage=rm", "stage.eval_steps=10"],
+    ["stage=dpo", "stage.loss_type=robust", "stage.label_smoothing=0.1"],
+    ["stage=dpo", "stage.loss_type=exo_pair", "stage.label_smoothing=1e-3"],
+    ["stage=dpo", "stage.loss_type=simpo", "stage.label_smoothing=0.1"],
+    ["stage=dpo", "stage.loss_type=simpo", "stage.heldout.reference_path=/models/sft"],
+    ["stage=dpo", "stage.reference=precomputed", "stage.reference_path=/models/sft"],
+    ["stage=dpo", "model.lora.enabled=true", "stage.reference=lora_base"],
+    ["stage=grpo", REWARD, "stage.beta=0"],
+    ["stage=eval", "stage.greedy=false"],
+])
+def test_valid_neighbours_pass(overrides):
+    validate(composed(overrides))
+
+
+# ---------------------------------------------------------------- TRL's lists
+def test_dpo_losses_are_trls():
+    """config.py lists TRL's DPO losses so that composing a config stays free of TRL's slow
+    import; this fails when an upgrade of TRL adds or drops one."""
+    from trl import DPOConfig
+
+    help_text = {f.name: f for f in dataclasses.fields(DPOConfig)}["loss_type"].metadata["help"]
+    listed = re.search(r"Possible values are:(.*?)\.\s", help_text, re.S)
+    assert listed, f"TRL's DPOConfig.loss_type help no longer lists the losses: {help_text}"
+    trl_losses = re.findall(r"'(\w+)'", listed.group(1))
+    assert sorted(trl_losses) == sorted(DPO_LOSSES), \
+        f"TRL's DPO losses {sorted(trl_losses)} != rlhf.config.DPO_LOSSES {sorted(DPO_LOSSES)}"
+
+
+def test_reference_free_losses_have_their_trl_trainers():
+    from rlhf.compat import cpo_classes, orpo_classes
+
+    cpo_config, _ = cpo_classes()
+    assert "simpo" in {f.name: f for f in dataclasses.fields(cpo_config)}["loss_type"] \
+        .metadata["choices"]
+    assert orpo_classes() and set(REFERENCE_FREE_LOSSES) == {"simpo", "orpo"}

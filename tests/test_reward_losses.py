@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from rlhf.algorithms.reward_losses import (kwise_ranking_loss, pairwise_loss,
-                                           ranking_accuracy)
+                                           ranking_accuracy, ranking_pair_mask)
 
 NLS = {2: 0.126928, 1: 0.313262, 0: 0.693147, 0.5: 0.474077, -1: 1.313262}
 
@@ -66,12 +66,17 @@ def test_kwise_with_score_margins():
 def test_kwise_equals_mean_of_pairwise_losses_over_all_pairs():
     torch.manual_seed(0)
     rewards = torch.randn(1, 4)
-    ranks = torch.tensor([[1, 2, 3, 4]])
-    pairs = [(i, j) for i in range(4) for j in range(i + 1, 4)]
-    expected = pairwise_loss(rewards[0, [i for i, _ in pairs]], rewards[0, [j for _, j in pairs]])
-    got = kwise_ranking_loss(rewards, ranks, torch.ones(1, 4, dtype=torch.bool))
+    ranks = torch.tensor([[3, 1, 4, 2]])  # not in index order: best is response 1
+    valid = torch.ones(1, 4, dtype=torch.bool)
+    by_rank = [1, 3, 0, 2]  # the responses from best to worst, worked out by hand
+    pairs = [(by_rank[a], by_rank[b]) for a in range(4) for b in range(a + 1, 4)]
+    expected = pairwise_loss(rewards[0, [w for w, _ in pairs]], rewards[0, [l for _, l in pairs]])
+    got = kwise_ranking_loss(rewards, ranks, valid)
     assert got.item() == pytest.approx(expected.item(), abs=1e-6)
-    assert math.comb(4, 2) == len(pairs)
+    # the loss itself sees exactly the C(4,2) ordered pairs, each once, in the right direction
+    better = ranking_pair_mask(ranks, valid)[0]
+    assert int(better.sum()) == math.comb(4, 2)
+    assert {(i, j) for i in range(4) for j in range(4) if better[i, j]} == set(pairs)
 
 
 def test_ranking_accuracy_skips_ties():

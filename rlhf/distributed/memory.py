@@ -9,6 +9,8 @@ import resource
 import torch
 from transformers import TrainerCallback
 
+from rlhf.compat import local_parameter, optimizer_chain, zero_fp32_partitions
+
 
 def _storage_bytes(tensors) -> int:
     """Bytes of the distinct storages behind `tensors` (views of one buffer count once)."""
@@ -20,29 +22,19 @@ def _storage_bytes(tensors) -> int:
     return sum(seen.values())
 
 
-def _optimizer_chain(optimizer) -> list:
-    """accelerate wraps DeepSpeed's ZeRO optimizer, which wraps the torch optimizer."""
-    chain = []
-    while optimizer is not None and optimizer not in chain:
-        chain.append(optimizer)
-        optimizer = getattr(optimizer, "optimizer", None)
-    return chain
-
-
 def state_bytes(model, optimizer) -> dict:
     params = list(model.parameters())
-    # under ZeRO-3 a parameter's own data is empty between uses; its shard is ds_tensor
-    local = [getattr(p, "ds_tensor", p) for p in params]
+    # under ZeRO-3 a parameter's own data is empty between uses; count this rank's shard
+    local = [local_parameter(p) for p in params]
     grads = [p.grad for p in params]
     opt_tensors = []
-    for opt in _optimizer_chain(optimizer):
+    for opt in optimizer_chain(optimizer):  # accelerate's wrapper, DeepSpeed's, torch's
         for state in getattr(opt, "state", {}).values():
             opt_tensors += [v for v in state.values() if isinstance(v, torch.Tensor)]
         # ZeRO keeps fp32 master partitions (and their gradients) inside its optimizer
-        for name in ("single_partition_of_fp32_groups", "fp32_partitioned_groups_flat"):
-            for flat in getattr(opt, name, None) or []:
-                opt_tensors.append(flat)
-                grads.append(flat.grad)
+        for flat in zero_fp32_partitions(opt):
+            opt_tensors.append(flat)
+            grads.append(flat.grad)
     param_bytes = _storage_bytes(local)
     return {"param_bytes": param_bytes, "grad_bytes": _storage_bytes(grads),
             "optimizer_bytes": _storage_bytes(opt_tensors)}

@@ -17,6 +17,7 @@ of stage=eval (oracle on the demo, reward-model score, KL to the reference).
 
 from __future__ import annotations
 
+from rlhf.compat import cpo_classes, orpo_classes
 from rlhf.config import REFERENCE_FREE_LOSSES, DPOReference, PreferenceFormat
 from rlhf.data.loading import require
 from rlhf.data.rankings import expand_to_pairs, load_pairs, load_rankings
@@ -61,12 +62,12 @@ def make_trainer(cfg, out, model, tokenizer, train_ds, eval_ds, callbacks):
     data = dict(train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tokenizer,
                 callbacks=callbacks, peft_config=peft_config(cfg.model))
     if stage.loss_type == "simpo":  # SimPO (arXiv 2405.14734) = CPO's loss without its SFT term
-        from trl.experimental.cpo import CPOConfig, CPOTrainer
+        CPOConfig, CPOTrainer = cpo_classes()
         args = CPOConfig(**common, loss_type="simpo", cpo_alpha=0.0,
                          simpo_gamma=stage.simpo_gamma, label_smoothing=stage.label_smoothing)
         return CPOTrainer(model=model, args=args, **data)
     if stage.loss_type == "orpo":  # ORPO (arXiv 2403.07691): beta is its lambda
-        from trl.experimental.orpo import ORPOConfig, ORPOTrainer
+        ORPOConfig, ORPOTrainer = orpo_classes()
         return ORPOTrainer(model=model, args=ORPOConfig(**common), **data)
 
     from trl import DPOConfig, DPOTrainer

@@ -124,11 +124,11 @@ def evaluate_trained_policy(cfg, stage_run: StageRun, reward_model: str | None,
     device while the other ranks wait (the checkpoint is whole even under ZeRO-3)."""
     import torch.distributed as dist
 
-    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+    from rlhf.compat import forget_deepspeed_zero3_init
 
     # training is over: without this, from_pretrained on rank 0 would build a ZeRO-3
     # partitioned model (a collective the waiting ranks never join) and hang
-    unset_hf_deepspeed_config()
+    forget_deepspeed_zero3_init()
     metrics = {}
     if not cfg.data.eval_prompts:
         print(f"rlhf: no data.eval_prompts; stage={cfg.stage.name} skips the held-out evaluation")

@@ -29,6 +29,7 @@ from rlhf.algorithms.reward_losses import kwise_ranking_loss
 from rlhf.data.loading import require
 from rlhf.data.rankings import (RankingCollator, load_pairs, load_rankings,
                                 tokenize_ranking)
+from rlhf.compat import collator_swapped, prepare_inputs
 from rlhf.config import PreferenceFormat, RMObjective
 from rlhf.distributed import is_main_process
 from rlhf.models.loading import (load_tokenizer, peft_config, resolve_model_path,
@@ -48,7 +49,7 @@ def ranking_rewards(model, inputs) -> tuple[torch.Tensor, torch.Tensor]:
 
 def ranking_prediction_step(trainer, model, inputs):
     """(loss, (B, K) rewards, None) for Trainer.predict on ranking batches."""
-    inputs = trainer._prepare_inputs(inputs)
+    inputs = prepare_inputs(trainer, inputs)
     with torch.no_grad():
         rewards, _ = ranking_rewards(model, inputs)
         loss = kwise_ranking_loss(rewards, inputs["ranks"], inputs["valid"])
@@ -100,12 +101,8 @@ def load_data(cfg, out) -> tuple[list, list | None]:
 
 def predict_rewards(trainer, rows, dataset) -> list[list[float]]:
     """The reward of every response of every row (a collective under DeepSpeed)."""
-    collator = trainer.data_collator
-    trainer.data_collator = RankingCollator(trainer.processing_class.pad_token_id)
-    try:
+    with collator_swapped(trainer, RankingCollator(trainer.processing_class.pad_token_id)):
         predictions = trainer.predict(dataset).predictions  # (N, K_max), padded
-    finally:
-        trainer.data_collator = collator
     return [list(map(float, predictions[i][:len(r["responses"])])) for i, r in enumerate(rows)]
 
 

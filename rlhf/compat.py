@@ -1,0 +1,127 @@
+"""Every place where we reach into a library's internals, in one small module.
+
+Each function says which library version it was written against (the versions installed
+when it was last checked: transformers 5.23, TRL 1.16, DeepSpeed 0.19.8, accelerate 1.15)
+and why no public API does the job. When a library is upgraded, this module is the list of
+things to re-check; the rest of the code uses only public APIs. Imports are lazy: importing
+this module costs nothing, so config composition stays fast.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+# ---------------------------------------------------------------- transformers
+
+
+def prepare_inputs(trainer, inputs: dict) -> dict:
+    """Move a batch to the trainer's device (and DeepSpeed's float dtype), exactly as the
+    trainer does for its own training batches.
+
+    transformers 5.23: `Trainer._prepare_inputs` is private and has no public equivalent. A
+    `prediction_step` override (the reward model's held-out scoring of ranking batches)
+    receives the batch unprepared and must call it, as transformers' own
+    `Trainer.prediction_step` does."""
+    return trainer._prepare_inputs(inputs)
+
+
+@contextmanager
+def collator_swapped(trainer, collator):
+    """Run `trainer.predict`/`evaluate` with another data collator, then put it back.
+
+    transformers 5.23: `predict` takes no collator argument; its dataloader
+    (`Trainer._get_dataloader`) reads the public attribute `trainer.data_collator` at call
+    time, so swapping that attribute is what selects the collator. Used to score ranking
+    batches (K responses per prompt) with TRL's pairwise RewardTrainer, whose own collator
+    only knows chosen/rejected pairs."""
+    saved = trainer.data_collator
+    trainer.data_collator = collator
+    try:
+        yield trainer
+    finally:
+        trainer.data_collator = saved
+
+
+def forget_deepspeed_zero3_init() -> None:
+    """Stop `from_pretrained` from building ZeRO-3 partitioned models in this process.
+
+    transformers 5.23: TrainingArguments with a DeepSpeed config registers it in a
+    module-level weak reference (transformers.integrations.deepspeed), and while it lives
+    every `from_pretrained` runs under `deepspeed.zero.Init`, a collective. After training,
+    rank 0 alone loads models for the held-out evaluation; the other ranks never join, so
+    it would hang. `unset_hf_deepspeed_config` (documented only as a unit-test helper)
+    clears that reference."""
+    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+    unset_hf_deepspeed_config()
+
+
+# ---------------------------------------------------------------- TRL
+
+
+def cpo_classes():
+    """(CPOConfig, CPOTrainer) for SimPO.
+
+    TRL 1.16: CPO and ORPO moved from `trl` to `trl.experimental` (no stability promise);
+    this is the one place that names the module."""
+    from trl.experimental.cpo import CPOConfig, CPOTrainer
+
+    return CPOConfig, CPOTrainer
+
+
+def orpo_classes():
+    """(ORPOConfig, ORPOTrainer). TRL 1.16: in `trl.experimental`, like CPO."""
+    from trl.experimental.orpo import ORPOConfig, ORPOTrainer
+
+    return ORPOConfig, ORPOTrainer
+
+
+# ---------------------------------------------------------------- DeepSpeed
+
+
+def local_parameter(param):
+    """The part of a parameter that this rank stores.
+
+    DeepSpeed 0.19.8, ZeRO-3: between uses a parameter's own data is an empty placeholder
+    and this rank's shard is the attribute `ds_tensor` (set by
+    deepspeed.runtime.zero.partition_parameters); there is no public accessor. Without
+    ZeRO-3 the parameter itself."""
+    return getattr(param, "ds_tensor", param)
+
+
+def full_numel(param) -> int:
+    """Elements of the whole parameter, also when ZeRO-3 holds only a shard here.
+
+    DeepSpeed 0.19.8, ZeRO-3: the full size is the attribute `ds_numel`; `numel()` of the
+    partitioned parameter is 0."""
+    return getattr(param, "ds_numel", param.numel())
+
+
+def optimizer_chain(optimizer) -> list:
+    """The optimizer and every optimizer it wraps, outermost first.
+
+    accelerate 1.15 wraps the optimizer in AcceleratedOptimizer, DeepSpeed 0.19.8's ZeRO
+    optimizers wrap the torch optimizer; both keep the inner one in the attribute
+    `optimizer` (not a documented API of either)."""
+    chain = []
+    while optimizer is not None and optimizer not in chain:
+        chain.append(optimizer)
+        optimizer = getattr(optimizer, "optimizer", None)
+    return chain
+
+
+# the fp32 master partitions of DeepSpeed 0.19.8's ZeRO optimizers: stage 1/2
+# (runtime/zero/stage_1_and_2.py) and stage 3 (runtime/zero/stage3.py)
+_ZERO_FP32_PARTITIONS = ("single_partition_of_fp32_groups", "fp32_partitioned_groups_flat")
+
+
+def zero_fp32_partitions(optimizer) -> list:
+    """The fp32 master weights that a DeepSpeed ZeRO optimizer keeps for this rank (their
+    `.grad` are the fp32 gradient partitions); [] for any other optimizer.
+
+    DeepSpeed 0.19.8: private attributes of DeepSpeedZeroOptimizer (ZeRO-1/2) and
+    DeepSpeedZeroOptimizer_Stage3; memory accounting needs them and no API reports them."""
+    tensors = []
+    for name in _ZERO_FP32_PARTITIONS:
+        tensors += list(getattr(optimizer, name, None) or [])
+    return tensors
