@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
@@ -187,6 +187,8 @@ class SFTStageConfig(OfflineStageConfig):
     packing: bool = False
     # flatten the batch into one row without padding (needs flash attention on GPU)
     padding_free: bool = False
+    # batches of rows of similar length (less padding), drawn from shuffled megabatches
+    group_by_length: bool = False
 
 
 @dataclass
@@ -203,6 +205,9 @@ class RMStageConfig(OfflineStageConfig):
     center_coef: float = 0.0
     # training rows whose rewards give reward_stats.json
     reward_stats_rows: int = 2000
+    # score a ranking as one sequence, the prompt once and its K responses after it (each
+    # sees only the prompt and itself): same rewards, far fewer tokens than K sequences
+    share_prompt: bool = True
 
 
 @dataclass
@@ -246,6 +251,9 @@ class DPOStageConfig(OfflineStageConfig):
     label_smoothing: float = 0.0
     # SimPO's target reward margin (loss_type=simpo)
     simpo_gamma: float = 0.5
+    # > 0 adds the chosen answer's NLL with this weight (RPO, Pang et al. 2024,
+    # arXiv 2404.19733), so the loss cannot lower the chosen answers' likelihood with it
+    sft_weight: float = 0.0
     reference: DPOReference = DPOReference.model
     # the reference model for reference=model/precomputed; null: model.path. Also the
     # default reference of the held-out KL
@@ -294,10 +302,23 @@ class PipelineStep:
 
 
 @dataclass
+class QualityFloor:
+    """A figure the pipeline's result must reach, checked and printed under the summary."""
+    # "<step>/<metric>", e.g. sft_eval/eval/oracle_fact_greedy
+    metric: str = MISSING
+    # the lowest acceptable value (a factor when relative_to is set)
+    min: float = MISSING
+    # "<step>/<metric>": the floor is min x this value (e.g. DPO >= 1.12 x SFT)
+    relative_to: Optional[str] = None
+
+
+@dataclass
 class PipelineConfig:
     steps: List[PipelineStep] = field(default_factory=list)
-    # metrics shown as columns of the summary table
-    summary_metrics: List[str] = field(default_factory=list)
+    # summary table columns, short header -> metric name (full names stay in summary.json)
+    summary_columns: Dict[str, str] = field(default_factory=dict)
+    # checked after the last step and printed with the summary, each as met or MISSED
+    floors: List[QualityFloor] = field(default_factory=list)
 
 
 # ---------------------------------------------------------------- infrastructure
@@ -481,6 +502,9 @@ def validate_dpo(stage: Any, model: Any) -> None:
     if stage.beta <= 0:
         raise ConfigError(f"stage.beta={stage.beta} must be positive (it scales the implied "
                           "reward; ipo and sppo_hard divide by it)")
+    if stage.sft_weight and stage.loss_type in REFERENCE_FREE_LOSSES:
+        raise ConfigError(f"stage.sft_weight={stage.sft_weight} applies to DPO losses only; "
+                          f"loss_type={stage.loss_type} has its own (orpo's beta); set it to 0")
     if stage.loss_type in REFERENCE_FREE_LOSSES:
         unused = ([f"stage.reference={stage.reference.value}"]
                   if stage.reference != DPOReference.model else []) + \

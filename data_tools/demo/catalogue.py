@@ -96,7 +96,7 @@ def fact_text(product: Product, intent: str) -> str:
 def fact_sheet(product: Product) -> str:
     """The system message a real support bot would get: the facts of the product asked about.
     With it, a reward model can check an answer's facts instead of memorising the catalogue."""
-    return (f"You are the shop's support assistant. Product: {product.name}. Price: "
+    return (f"Product: {product.name}. Price: "
             f"{fact_text(product, 'price')}. Warranty: {fact_text(product, 'warranty')}. "
             f"Shipping: {fact_text(product, 'shipping')}. Colour: {product.colour}. "
             f"Returns: within {RETURNS_DAYS} days.")
@@ -169,12 +169,47 @@ def answer(product: Product, intent: str, style: str, rng: random.Random) -> str
     raise ValueError(f"unknown answer style {style!r}; expected 'good' or one of {FLAWS}")
 
 
+def _heldout_stems() -> set[str]:
+    return {p.split("{name}")[0].strip() for ps in HELDOUT_PHRASINGS.values() for p in ps}
+
+
+# words that carry a question's intent: deleting them would make the question ambiguous
+_INTENT_WORDS = ("cost", "price", "much", "sell", "warranty", "ship", "arrive", "deliver",
+                 "colour", "return", "back")
+
+
+def _keeps_meaning(word: str) -> bool:
+    return "{name}" in word or any(k in word.lower() for k in _INTENT_WORDS)
+
+
+def drop_words(template: str, rng: random.Random, rate: float) -> str:
+    """Random deletion (EDA, Wei & Zou 2019, arXiv 1901.11196): each word of a training
+    phrasing except the product name and the intent's keywords is dropped with probability
+    `rate`. A tiny model then
+    learns that the intent keyword alone decides the answer, not the sentence around it. A
+    result that starts like a held-out phrasing is drawn again, so held-out shapes stay unseen."""
+    words = template.split(" ")
+    for _ in range(20):
+        kept = [w for w in words if _keeps_meaning(w) or rng.random() >= rate]
+        if len(kept) < 2:
+            continue
+        text = " ".join(kept)
+        text = text[0].upper() + text[1:]
+        if not any(stem and stem in text for stem in _heldout_stems()):
+            return text
+    return template
+
+
 def question(product: Product, intent: str, rng: random.Random, heldout: bool,
-             framing: bool) -> str:
-    """A user question. `framing` adds a random greeting/closing, which keeps a tiny model from
-    memorising the exact training phrasings (docs/demo.md)."""
+             framing: bool, word_dropout: float = 0.0) -> str:
+    """A user question. `framing` adds a random greeting/closing and `word_dropout` deletes
+    random words of training phrasings: both keep a tiny model from memorising the exact
+    training phrasings (docs/demo.md). Held-out phrasings are never altered but framed."""
     phrasings = HELDOUT_PHRASINGS if heldout else TRAIN_PHRASINGS
-    text = rng.choice(phrasings[intent]).format(name=product.name)
+    template = rng.choice(phrasings[intent])
+    if word_dropout > 0 and not heldout:
+        template = drop_words(template, rng, word_dropout)
+    text = template.format(name=product.name)
     if framing:
         opener = rng.choice(["", "", "Hi, ", "Hello! ", "Hey there. ", "Good morning, "])
         closer = rng.choice(["", "", " Thanks.", " Thank you!", " Please help."])

@@ -42,6 +42,8 @@ class DemoSpec:
     eval_prompts_size: int = 200
     # random greetings/closings around training questions (see catalogue.question)
     framing: bool = True
+    # share of words deleted at random from training questions (never from held-out ones)
+    word_dropout: float = 0.0
     # a system message with the product's facts before every question, as a support bot has:
     # with it the reward model can check an answer's facts (held-out agreement 0.90 -> 0.99)
     fact_sheet: bool = True
@@ -61,18 +63,18 @@ def _pick(products, rng):
 
 
 def sft_rows(products, n: int, flawed_share: float, heldout: bool, framing: bool, rng,
-             fact_sheet: bool = True):
+             fact_sheet: bool = True, word_dropout: float = 0.0):
     for _ in range(n):
         product, intent = _pick(products, rng)
         style = rng.choice(cat.FLAWS) if rng.random() < flawed_share else "good"
-        q = cat.question(product, intent, rng, heldout=heldout, framing=framing)
+        q = cat.question(product, intent, rng, heldout, framing, word_dropout)
         yield {"messages": _prompt(product, q, fact_sheet)
                + [_assistant(cat.answer(product, intent, style, rng))],
                "style": style, "product": product.name, "intent": intent}
 
 
 def ranking_rows(products, n: int, k: int, heldout: bool, framing: bool, rng,
-                 fact_sheet: bool = True):
+                 fact_sheet: bool = True, word_dropout: float = 0.0):
     """K responses per prompt, ranked by the oracle (rank 1 = best; equal scores tie)."""
     for _ in range(n):
         product, intent = _pick(products, rng)
@@ -83,7 +85,7 @@ def ranking_rows(products, n: int, k: int, heldout: bool, framing: bool, rng,
         while len(answers) < k:  # two styles happened to give the same text
             answers.add(cat.answer(product, intent, rng.choice(cat.FLAWS), rng))
         scored = sorted(((score(a, product, intent).total, a) for a in answers), reverse=True)
-        question = cat.question(product, intent, rng, heldout, framing)
+        question = cat.question(product, intent, rng, heldout, framing, word_dropout)
         yield {"prompt": _prompt(product, question, fact_sheet),
                "responses": [_assistant(a) for _, a in scored],
                "ranks": ranks_from_scores([s for s, _ in scored]),
@@ -91,10 +93,11 @@ def ranking_rows(products, n: int, k: int, heldout: bool, framing: bool, rng,
                "product": product.name, "intent": intent}
 
 
-def prompt_rows(products, n: int, heldout: bool, framing: bool, rng, fact_sheet: bool = True):
+def prompt_rows(products, n: int, heldout: bool, framing: bool, rng, fact_sheet: bool = True,
+                word_dropout: float = 0.0):
     for _ in range(n):
         product, intent = _pick(products, rng)
-        question = cat.question(product, intent, rng, heldout, framing)
+        question = cat.question(product, intent, rng, heldout, framing, word_dropout)
         yield {"prompt": _prompt(product, question, fact_sheet),
                "product": product.name, "intent": intent}
 
@@ -116,20 +119,20 @@ def generate_demo(out_dir: str | os.PathLike, spec: DemoSpec) -> Path:
             json.dump([dataclasses.asdict(p) for p in products], f, indent=1)
         _write_jsonl(tmp / "sft_train.jsonl", sft_rows(
             products, spec.sft_train_size, spec.sft_flawed_share, False, spec.framing, rng("sft"),
-            spec.fact_sheet))
+            spec.fact_sheet, spec.word_dropout))
         # the SFT eval set measures the target behaviour: good answers to held-out phrasings
         _write_jsonl(tmp / "sft_eval.jsonl", sft_rows(
             products, spec.sft_eval_size, 0.0, True, spec.framing, rng("sft_eval"),
             spec.fact_sheet))
         _write_jsonl(tmp / "rankings_train.jsonl", ranking_rows(
             products, spec.rankings_train_size, spec.ranking_k, False, spec.framing, rng("rank"),
-            spec.fact_sheet))
+            spec.fact_sheet, spec.word_dropout))
         _write_jsonl(tmp / "rankings_eval.jsonl", ranking_rows(
             products, spec.rankings_eval_size, spec.ranking_k, True, spec.framing,
             rng("rank_eval"), spec.fact_sheet))
         _write_jsonl(tmp / "prompts_train.jsonl", prompt_rows(
             products, spec.prompts_train_size, False, spec.framing, rng("prompts"),
-            spec.fact_sheet))
+            spec.fact_sheet, spec.word_dropout))
         _write_jsonl(tmp / "eval_prompts.jsonl", prompt_rows(
             products, spec.eval_prompts_size, True, spec.framing, rng("eval_prompts"),
             spec.fact_sheet))

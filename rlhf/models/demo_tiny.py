@@ -19,7 +19,7 @@ from data_tools.io import atomic_dir, build_once
 
 MANIFEST = "rlhf_demo_model.json"
 # bump when demo_corpus changes, so cached tokenizers are rebuilt
-CORPUS_VERSION = 1
+CORPUS_VERSION = 2
 END_OF_TURN = "<|end|>"
 PAD = "<|pad|>"
 SPECIAL_TOKENS = [PAD, END_OF_TURN, "<|system|>", "<|user|>", "<|assistant|>"]
@@ -53,16 +53,18 @@ class DemoModelSpec:
 
 
 def demo_corpus(seed: int) -> list[str]:
-    """Plain text of every kind of turn in the demo domain (training and held-out phrasings)."""
+    """Plain text of every kind of turn in the demo domain (training and held-out phrasings,
+    fact sheets included: a tokenizer that never saw them splits every system message into
+    ~2x more tokens, and sequence length is what the demo's training time is made of)."""
     products = cat.make_catalogue(30, seed)
     rng = random.Random(f"corpus-{seed}")
     texts = []
     for heldout in (False, True):
-        for row in sft_rows(products, 1500, 0.5, heldout, True, rng, fact_sheet=False):
+        for row in sft_rows(products, 1500, 0.5, heldout, True, rng, fact_sheet=True):
             texts += [m["content"] for m in row["messages"]]
-        for row in ranking_rows(products, 200, 4, heldout, True, rng, fact_sheet=False):
+        for row in ranking_rows(products, 200, 4, heldout, True, rng, fact_sheet=True):
             texts += [m["content"] for m in row["prompt"] + row["responses"]]
-    texts += [m["content"] for r in prompt_rows(products, 500, True, False, rng, fact_sheet=False)
+    texts += [m["content"] for r in prompt_rows(products, 500, True, False, rng, fact_sheet=True)
               for m in r["prompt"]]
     return texts
 

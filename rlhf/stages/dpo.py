@@ -23,8 +23,9 @@ from rlhf.data.loading import require
 from rlhf.data.rankings import expand_to_pairs, load_pairs, load_rankings
 from rlhf.models.loading import (load_causal_lm, load_tokenizer, peft_config,
                                  resolve_model_path)
-from rlhf.stages.common import (StageRun, last_train_log, save_final_model, train,
-                                train_summary, training_arguments, write_log_history)
+from rlhf.stages.common import (StageRun, last_train_log, rows_reached, save_final_model,
+                                train, train_summary, training_arguments,
+                                write_log_history)
 from rlhf.stages.eval import evaluate_trained_policy
 
 
@@ -78,7 +79,10 @@ def make_trainer(cfg, out, model, tokenizer, train_ds, eval_ds, callbacks):
     if stage.reference == DPOReference.model or (stage.reference == DPOReference.precomputed
                                                  and stage.reference_path):
         ref_model = load_causal_lm(cfg.model, stage.reference_path or cfg.model.path)
-    args = DPOConfig(**common, loss_type=[stage.loss_type], label_smoothing=stage.label_smoothing,
+    # TRL sums the listed losses with their weights; "sft" is the NLL of the chosen answer
+    losses = [stage.loss_type] + (["sft"] if stage.sft_weight > 0 else [])
+    args = DPOConfig(**common, loss_type=losses, loss_weights=[1.0, stage.sft_weight][:len(losses)],
+                     label_smoothing=stage.label_smoothing,
                      precompute_ref_log_probs=stage.reference == DPOReference.precomputed)
     return DPOTrainer(model=model, ref_model=ref_model, args=args, **data)
 
@@ -86,7 +90,8 @@ def make_trainer(cfg, out, model, tokenizer, train_ds, eval_ds, callbacks):
 def run(cfg) -> dict:
     stage_run = StageRun(cfg)
     out, stage = stage_run.out, cfg.stage
-    train_rows = load_preferences(cfg, out, "train")
+    all_pairs = load_preferences(cfg, out, "train")
+    train_rows = rows_reached(all_pairs, cfg)
     eval_rows = load_preferences(cfg, out, "eval")
     resolve_model_path(cfg.model.path)  # a wrong path fails here, before the slow imports
     reference_free = stage.loss_type in REFERENCE_FREE_LOSSES
@@ -101,6 +106,7 @@ def run(cfg) -> dict:
                            [TrackerCallback(stage_run.tracker)])
     result = train(trainer, cfg, out)
     metrics = {**train_summary(trainer, result), "train/pairs": len(train_rows),
+               "train/pairs_available": len(all_pairs),
                **last_train_log(trainer, "rewards/")}
     if eval_rows:
         from rlhf.tracking import hf_log_to_metrics

@@ -16,6 +16,7 @@ import os
 import re
 import subprocess
 import sys
+import textwrap
 
 from hydra.core.hydra_config import HydraConfig
 
@@ -63,15 +64,52 @@ def run_step(step, step_dirs: dict[str, str], out) -> dict:
     return read_metrics(step_dir)
 
 
-def summary_table(results: dict[str, dict], columns: list[str]) -> str:
-    columns = [c for c in columns if any(c in m for m in results.values())]
-    width = max(len(s) for s in results) + 2
-    lines = ["step".ljust(width) + "".join(c.split("/")[-1].rjust(22) for c in columns)]
+def _cell(value) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def summary_table(results: dict[str, dict], columns: dict[str, str]) -> str:
+    """One row per step, one column per metric (short header -> metric name); columns no
+    step reported are left out. Cells are 3 significant figures, to fit a 100-column terminal."""
+    columns = {h: m for h, m in columns.items() if any(m in r for r in results.values())}
+    step_width = max(map(len, results)) + 1
+    widths = {h: max(len(h), 5) + 1 for h in columns}
+    lines = ["step".ljust(step_width) + "".join(h.rjust(widths[h]) for h in columns)]
     for step, metrics in results.items():
-        cells = [metrics.get(c) for c in columns]
-        lines.append(step.ljust(width) + "".join(
-            ("-" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)).rjust(22)
-            for v in cells))
+        lines.append(step.ljust(step_width) + "".join(
+            _cell(metrics.get(m)).rjust(widths[h]) for h, m in columns.items()))
+    legend = ", ".join(f"{h} = {m}" for h, m in columns.items())
+    return "\n".join(lines + textwrap.wrap(legend, 100))
+
+
+def lookup(results: dict[str, dict], name: str):
+    """"<step>/<metric>" in the steps' results (metric names contain slashes too)."""
+    step, _, metric = name.partition("/")
+    return results.get(step, {}).get(metric)
+
+
+def check_floors(results: dict[str, dict], floors) -> list[dict]:
+    """Each quality floor with the measured value, the bar it had to reach and whether it did."""
+    checked = []
+    for floor in floors:
+        value = lookup(results, floor.metric)
+        base = lookup(results, floor.relative_to) if floor.relative_to else 1.0
+        bar = None if base is None else floor.min * base
+        checked.append({"metric": floor.metric, "value": value, "bar": bar,
+                        "relative_to": floor.relative_to, "min": floor.min,
+                        "met": value is not None and bar is not None and value >= bar})
+    return checked
+
+
+def floors_report(checked: list[dict]) -> str:
+    lines = []
+    for c in checked:
+        rule = f">= {c['min']:g} x {c['relative_to']}" if c["relative_to"] else f">= {c['min']:g}"
+        bar = "" if not c["relative_to"] or c["bar"] is None else f" = {c['bar']:.3f}"
+        lines.append(f"{'met   ' if c['met'] else 'MISSED'} {c['metric']} {_cell(c['value'])} "
+                     f"{rule}{bar}")
     return "\n".join(lines)
 
 
@@ -79,8 +117,12 @@ def run(cfg) -> dict:
     stage_run = StageRun(cfg)
     step_dirs: dict[str, str] = {}
     results = {step.name: run_step(step, step_dirs, stage_run.out) for step in cfg.pipeline.steps}
-    table = summary_table(results, list(cfg.pipeline.summary_metrics))
+    table = summary_table(results, dict(cfg.pipeline.summary_columns))
     print(f"\n=== summary ({stage_run.out})\n{table}")
+    floors = check_floors(results, cfg.pipeline.floors)
+    if floors:
+        print(f"\n=== quality floors\n{floors_report(floors)}")
     (stage_run.out / "summary.json").write_text(json.dumps(results, indent=1))
+    (stage_run.out / "floors.json").write_text(json.dumps(floors, indent=1))
     return stage_run.finish({f"{step}/{k}": v for step, m in results.items()
                              for k, v in m.items()})

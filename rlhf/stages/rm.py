@@ -32,6 +32,8 @@ from rlhf.data.rankings import (RankingCollator, load_pairs, load_rankings,
 from rlhf.compat import collator_swapped, prepare_inputs
 from rlhf.config import PreferenceFormat, RMObjective
 from rlhf.distributed import is_main_process
+from rlhf.models.shared_prompt import (SharedPromptCollator, shared_prompt_rewards,
+                                       split_prompt)
 from rlhf.models.loading import (load_tokenizer, peft_config, resolve_model_path,
                                  torch_dtype)
 from rlhf.stages.common import (StageRun, save_final_model, train, train_summary,
@@ -39,7 +41,9 @@ from rlhf.stages.common import (StageRun, save_final_model, train, train_summary
 
 
 def ranking_rewards(model, inputs) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rewards of a RankingCollator batch: (B, K) with zeros at padding, and the (sum K,) flat."""
+    """Rewards of a ranking batch: (B, K) with zeros at padding, and the (sum K,) flat."""
+    if "ends" in inputs:  # one sequence per ranking (rlhf/models/shared_prompt.py)
+        return shared_prompt_rewards(model, inputs)
     valid = inputs["valid"]  # (B, K)
     flat = model(input_ids=inputs["input_ids"],
                  attention_mask=inputs["attention_mask"]).logits[:, 0]  # (sum K,)
@@ -99,9 +103,18 @@ def load_data(cfg, out) -> tuple[list, list | None]:
     return train_rows, eval_rows
 
 
+def ranking_collator(dataset, pad_token_id: int):
+    """One sequence per ranking when its rows carry their shared `prompt_ids`, else one per
+    response."""
+    if "prompt_ids" in dataset.column_names:
+        return SharedPromptCollator(pad_token_id)
+    return RankingCollator(pad_token_id)
+
+
 def predict_rewards(trainer, rows, dataset) -> list[list[float]]:
     """The reward of every response of every row (a collective under DeepSpeed)."""
-    with collator_swapped(trainer, RankingCollator(trainer.processing_class.pad_token_id)):
+    with collator_swapped(trainer, ranking_collator(dataset,
+                                                    trainer.processing_class.pad_token_id)):
         predictions = trainer.predict(dataset).predictions  # (N, K_max), padded
     return [list(map(float, predictions[i][:len(r["responses"])])) for i, r in enumerate(rows)]
 
@@ -132,9 +145,25 @@ def pair_dataset(rankings: list[dict], tokenized: list[dict], use_margin: bool):
 
 def forward_tokens(dataset) -> int:
     """Tokens through the model in one pass over a K-wise or a pair dataset."""
+    if "prompt_ids" in dataset.column_names:  # the prompt once, then each response
+        return sum(len(s) - len(p) for p, row in zip(dataset["prompt_ids"], dataset["input_ids"])
+                   for s in row) + sum(map(len, dataset["prompt_ids"]))
     if "input_ids" in dataset.column_names:
         return sum(len(s) for row in dataset["input_ids"] for s in row)
     return sum(map(len, dataset["chosen_ids"])) + sum(map(len, dataset["rejected_ids"]))
+
+
+def add_shared_prompts(tokenizer, *sets: tuple) -> None:
+    """Give every tokenized ranking its `prompt_ids`, so that it is scored as one sequence;
+    if the chat template renders a prompt differently once an answer follows it, no row is."""
+    pairs = [(row, tok) for rows, toks in sets if rows for row, tok in zip(rows, toks)]
+    prompts = [split_prompt(tokenizer, row["prompt"], tok["input_ids"]) for row, tok in pairs]
+    if any(p is None for p in prompts):
+        print("rlhf: stage.share_prompt: the chat template renders some prompts differently "
+              "once an answer follows; every response is scored as its own sequence")
+        return
+    for (_, tok), prompt_ids in zip(pairs, prompts):
+        tok["prompt_ids"] = prompt_ids
 
 
 def make_trainer(cfg, out, model, tokenizer, train: tuple, held_out: tuple, callbacks):
@@ -147,11 +176,13 @@ def make_trainer(cfg, out, model, tokenizer, train: tuple, held_out: tuple, call
     stage = cfg.stage
     args = {**training_arguments(cfg, out), "remove_unused_columns": False}
     if stage.objective == RMObjective.kwise:
+        train_ds = datasets.Dataset.from_list(train[1])
         return RankingTrainer(
             model=model, args=TrainingArguments(**args, label_names=[]),
-            train_dataset=datasets.Dataset.from_list(train[1]),
+            train_dataset=train_ds,
             eval_dataset=datasets.Dataset.from_list(held_out[1]) if held_out[0] else None,
-            data_collator=RankingCollator(tokenizer.pad_token_id), processing_class=tokenizer,
+            data_collator=ranking_collator(train_ds, tokenizer.pad_token_id),
+            processing_class=tokenizer,
             callbacks=callbacks, use_margin=stage.use_margin, center_coef=stage.center_coef)
     # TRL's defaults differ from ours: dropout off, centering as coef * mean((r_c + r_r)^2)
     config = RewardConfig(**args, max_length=stage.max_length, disable_dropout=False,
@@ -188,6 +219,8 @@ def run(cfg) -> dict:
     tokenize = lambda rows: [tokenize_ranking(r, tokenizer, stage.max_length)  # noqa: E731
                              for r in rows] if rows else None
     train_tok, eval_tok = tokenize(rankings), tokenize(eval_rows)  # each response once
+    if stage.share_prompt:
+        add_shared_prompts(tokenizer, (rankings, train_tok), (eval_rows, eval_tok))
     trainer = make_trainer(cfg, out, model, tokenizer, (rankings, train_tok),
                            (eval_rows, eval_tok), [TrackerCallback(stage_run.tracker)])
     result = train(trainer, cfg, out)
