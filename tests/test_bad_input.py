@@ -1,5 +1,9 @@
 """Bad input stops with one clear message naming the file/line/field and the fix, never a
-traceback from inside TRL; the bad rows are written out with their reasons."""
+traceback from inside TRL; the bad rows are written out with their reasons.
+
+The stages raise a UserError, which `rlhf` prints as one `rlhf: error:` line with exit code 2
+(test_the_cli_prints_a_user_error_as_one_line, the one case run as a real process); the
+other cases run the stage in this process and check the UserError's message."""
 
 from __future__ import annotations
 
@@ -27,51 +31,59 @@ GOOD = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "c
      r"train.jsonl:2: `messages\[0\].content` must be text, not int"),
     ('{"messages": [', r"train.jsonl:2: not valid JSON"),
 ])
-def test_bad_sft_row(run_cli, tmp_path, bad_row, expected):
+def test_bad_sft_row(run_stage, tmp_path, bad_row, expected):
     import re
     train = _write(tmp_path / "train.jsonl", [GOOD, bad_row, GOOD])
-    result = run_cli(["stage=sft", "data=custom", f"data.sft_train={train}",
-                      f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
-    assert result.returncode == 2, result.output[-2000:]
-    assert "Traceback" not in result.output
-    error_lines = [l for l in result.output.splitlines() if l.startswith("rlhf: error:")]
-    assert len(error_lines) == 1 and re.search(expected, error_lines[0]), result.output[-2000:]
+    message = run_stage.fails(["stage=sft", "data=custom", f"data.sft_train={train}"],
+                              tmp_path / "run")
+    assert re.search(expected, message), message
     # the bad row is kept with its reason, not lost
     listed = [json.loads(l) for l in open(tmp_path / "run" / "bad_rows.jsonl")]
     assert len(listed) == 1 and listed[0]["where"].endswith("train.jsonl:2")
 
 
-def test_missing_data_file(run_cli, tmp_path):
-    result = run_cli(["stage=sft", "data=custom", f"data.sft_train={tmp_path}/nope.jsonl",
+def test_the_cli_prints_a_user_error_as_one_line(run_cli, tmp_path):
+    """The real `rlhf` process: a UserError becomes one line and exit code 2, no traceback."""
+    train = _write(tmp_path / "train.jsonl", [GOOD, {"messages": [{"role": "bot",
+                                                                   "content": "x"}]}])
+    result = run_cli(["stage=sft", "data=custom", f"data.sft_train={train}",
                       f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
-    assert result.returncode == 2 and "Traceback" not in result.output
-    assert f"{tmp_path}/nope.jsonl: no such file or directory" in result.output
+    assert result.returncode == 2, result.output[-2000:]
+    assert "Traceback" not in result.output
+    error_lines = [l for l in result.output.splitlines() if l.startswith("rlhf: error:")]
+    assert len(error_lines) == 1 and error_lines[0].startswith(
+        f"rlhf: error: {train}:2: `messages[0].role` is 'bot'; use one of system, user, "
+        "assistant"), result.output[-2000:]
+    listed = [json.loads(l) for l in open(tmp_path / "run" / "bad_rows.jsonl")]
+    assert len(listed) == 1 and listed[0]["where"] == f"{train}:2"
 
 
-def test_data_file_not_set(run_cli, tmp_path):
-    result = run_cli(["stage=sft", "data=custom", f"hydra.run.dir={tmp_path / 'run'}"],
-                     cwd=tmp_path)
-    assert result.returncode == 2
-    assert "stage=sft needs data.sft_train; set data.sft_train=" in result.output
+def test_missing_data_file(run_stage, tmp_path):
+    message = run_stage.fails(["stage=sft", "data=custom",
+                               f"data.sft_train={tmp_path}/nope.jsonl"], tmp_path / "run")
+    assert f"{tmp_path}/nope.jsonl: no such file or directory" in message
 
 
-def test_empty_data_file(run_cli, tmp_path):
+def test_data_file_not_set(run_stage, tmp_path):
+    message = run_stage.fails(["stage=sft", "data=custom"], tmp_path / "run")
+    assert "stage=sft needs data.sft_train; set data.sft_train=" in message
+
+
+def test_empty_data_file(run_stage, tmp_path):
     (tmp_path / "empty.jsonl").write_text("")
-    result = run_cli(["stage=sft", "data=custom", f"data.sft_train={tmp_path}/empty.jsonl",
-                      f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
-    assert result.returncode == 2 and "empty.jsonl: the file is empty" in result.output
+    message = run_stage.fails(["stage=sft", "data=custom",
+                               f"data.sft_train={tmp_path}/empty.jsonl"], tmp_path / "run")
+    assert "empty.jsonl: the file is empty" in message
 
 
-def test_model_path_does_not_exist(run_cli, tmp_path):
-    result = run_cli(["stage=sft", f"model.path={tmp_path}/no_model", "model.demo=null",
-                      f"hydra.run.dir={tmp_path / 'run'}", "debug=tiny"], cwd=tmp_path)
-    assert result.returncode == 2 and "Traceback" not in result.output
-    assert f"model.path={tmp_path}/no_model: no such directory" in result.output
+def test_model_path_does_not_exist(run_stage, tmp_path):
+    message = run_stage.fails(["stage=sft", f"model.path={tmp_path}/no_model", "model.demo=null",
+                               "debug=tiny"], tmp_path / "run")
+    assert f"model.path={tmp_path}/no_model: no such directory" in message
 
 
-def test_bad_config_combination_stops_before_training(run_cli, tmp_path):
-    result = run_cli(["stage=sft", "stage.global_batch_size=30", "stage.per_device_batch_size=8",
-                      f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
-    assert result.returncode == 2
-    assert "stage.global_batch_size=30 is not divisible" in result.output
-    assert "Loading weights" not in result.output
+def test_bad_config_combination_stops_before_training(run_stage, tmp_path):
+    message = run_stage.fails(["stage=sft", "stage.global_batch_size=30",
+                               "stage.per_device_batch_size=8"], tmp_path / "run")
+    assert "stage.global_batch_size=30 is not divisible" in message
+    assert not (tmp_path / "run").exists()  # stopped before the stage started: nothing written

@@ -1,7 +1,9 @@
 """Real multi-process training on CPU: 2 ranks, gloo, DeepSpeed ZeRO-2/3 (DS_ACCELERATOR=cpu).
 
 The same seed and global batch must give the same loss curve as one process; a ZeRO-3
-checkpoint must load in one process; ranks must share one run directory and one W&B run."""
+checkpoint must load in one process; ranks must share one run directory and one W&B run.
+The tests that start ranks are marked `distributed`; the checks that stop a launch before
+any rank starts, and the config/environment helpers, are not (they start no ranks)."""
 
 from __future__ import annotations
 
@@ -11,8 +13,6 @@ import math
 import pytest
 
 from tests.wandb_file import run_summary
-
-pytestmark = pytest.mark.distributed
 
 COMMON = ["stage=sft", "debug=tiny", "debug.max_steps=6", "stage.logging_steps=1",
           "stage.learning_rate=2e-3", "stage.global_batch_size=16",
@@ -25,12 +25,13 @@ def _losses(run_dir):
 
 
 @pytest.fixture(scope="module")
-def runs(run_cli, tmp_path_factory):
-    """One single-process run and 2-rank ZeRO-2 and ZeRO-3 runs of the same job."""
+def runs(run_cli, run_stage, tmp_path_factory):
+    """One single-process run (in this process) and 2-rank ZeRO-2 and ZeRO-3 runs (the real
+    CLI, which starts the ranks) of the same job."""
     cwd = tmp_path_factory.mktemp("dist")
-    out = {}
-    for name, extra in {"single": ["distributed=single"],
-                        "zero2": ["distributed=zero2", "distributed.nproc_per_node=2"],
+    run_stage([*COMMON, "distributed=single"], cwd / "single")
+    out = {"single": (cwd / "single", None)}
+    for name, extra in {"zero2": ["distributed=zero2", "distributed.nproc_per_node=2"],
                         "zero3": ["distributed=zero3", "distributed.nproc_per_node=2",
                                   "logger=wandb"]}.items():
         run_dir = cwd / name
@@ -41,6 +42,7 @@ def runs(run_cli, tmp_path_factory):
     return out
 
 
+@pytest.mark.distributed
 @pytest.mark.parametrize("name", ["zero2", "zero3"])
 def test_zero_loss_curve_matches_single_process(runs, name):
     single, sharded = _losses(runs["single"][0]), _losses(runs[name][0])
@@ -51,6 +53,7 @@ def test_zero_loss_curve_matches_single_process(runs, name):
     assert "starting 2 ranks" in runs[name][1]
 
 
+@pytest.mark.distributed
 def test_zero3_checkpoint_reloads_single_process_and_generates(runs):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -69,6 +72,7 @@ def test_zero3_checkpoint_reloads_single_process_and_generates(runs):
     assert len(shards) == 2
 
 
+@pytest.mark.distributed
 def test_ranks_share_one_run_dir_one_metrics_one_wandb_run(runs):
     run_dir, output = runs["zero3"]
     metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -83,6 +87,7 @@ def test_ranks_share_one_run_dir_one_metrics_one_wandb_run(runs):
     assert sorted(p.name for p in run_dir.parent.iterdir()) == ["single", "zero2", "zero3"]
 
 
+@pytest.mark.distributed
 def test_zero3_holds_a_shard_of_the_model_state_per_rank(runs):
     single = json.loads((runs["single"][0] / "metrics.json").read_text())
     zero3 = json.loads((runs["zero3"][0] / "metrics.json").read_text())
@@ -92,6 +97,7 @@ def test_zero3_holds_a_shard_of_the_model_state_per_rank(runs):
         assert shard < 0.75 * full, (shard, full)
 
 
+@pytest.mark.distributed
 def test_torchrun_started_by_the_user(run_cli, tmp_path):
     """`torchrun -m rlhf.cli ...` without hydra.run.dir: the ranks still agree on one dir."""
     result = run_cli(["--nproc_per_node=2", "-m", "rlhf.cli", *COMMON, "distributed=zero2"],
@@ -155,6 +161,7 @@ def test_slurm_environment_becomes_torch_environment():
     assert "RANK" not in single
 
 
+@pytest.mark.distributed
 def test_zero2_resume_continues_from_the_sharded_checkpoint(run_cli, tmp_path):
     run_dir = tmp_path / "resume"
     base = [*COMMON, "distributed=zero2", "distributed.nproc_per_node=2",

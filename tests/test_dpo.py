@@ -20,15 +20,23 @@ SHARED_NAMES = {"rewards/chosen", "rewards/rejected", "rewards/margin", "rewards
                 "train/loss"}
 
 
-def _run(run_cli, tmp_path, extra):
+def _run(run_stage, tmp_path, extra):
+    """In this process (run(cfg) on a composed config)."""
+    run_dir = tmp_path / "run"
+    run_stage([*QUICK, *extra], run_dir)
+    return run_dir, json.loads((run_dir / "metrics.json").read_text())
+
+
+def _run_ranks(run_cli, tmp_path, extra):
+    """Through the real CLI, which starts the ranks."""
     run_dir = tmp_path / "run"
     result = run_cli([*QUICK, *extra, f"hydra.run.dir={run_dir}"], cwd=tmp_path)
     assert result.returncode == 0, result.output[-4000:]
     return run_dir, json.loads((run_dir / "metrics.json").read_text())
 
 
-def test_dpo_trains_against_the_reference_and_evaluates(run_cli, cache_dir, tmp_path):
-    run_dir, metrics = _run(run_cli, tmp_path, ["stage.loss_type=sigmoid"])
+def test_dpo_trains_against_the_reference_and_evaluates(run_stage, cache_dir, tmp_path):
+    run_dir, metrics = _run(run_stage, tmp_path, ["stage.loss_type=sigmoid"])
     assert SHARED_NAMES <= set(metrics), sorted(metrics)
     assert math.isfinite(metrics["train/loss"]) and metrics["train/steps"] == 4
     assert max_weight_change(run_dir, cache_dir / "demo_tiny") > 0
@@ -40,16 +48,16 @@ def test_dpo_trains_against_the_reference_and_evaluates(run_cli, cache_dir, tmp_
     assert any("rewards/margins" in h for h in history)  # TRL's name, renamed in metrics
 
 
-def test_reference_free_simpo(run_cli, cache_dir, tmp_path):
-    run_dir, metrics = _run(run_cli, tmp_path, ["stage.loss_type=simpo", "stage.beta=2.0"])
+def test_reference_free_simpo(run_stage, cache_dir, tmp_path):
+    run_dir, metrics = _run(run_stage, tmp_path, ["stage.loss_type=simpo", "stage.beta=2.0"])
     assert SHARED_NAMES <= set(metrics) and math.isfinite(metrics["train/loss"])
     assert max_weight_change(run_dir, cache_dir / "demo_tiny") > 0
 
 
 @pytest.mark.distributed
 def test_dpo_zero3_two_ranks_with_reference_model(run_cli, cache_dir, tmp_path):
-    run_dir, metrics = _run(run_cli, tmp_path, ["distributed=zero3",
-                                                "distributed.nproc_per_node=2"])
+    run_dir, metrics = _run_ranks(run_cli, tmp_path, ["distributed=zero3",
+                                                      "distributed.nproc_per_node=2"])
     assert SHARED_NAMES <= set(metrics) and math.isfinite(metrics["train/loss"])
     # the ZeRO-3 shards were gathered into one checkpoint that moved away from the start
     assert max_weight_change(run_dir, cache_dir / "demo_tiny") > 0
@@ -62,14 +70,12 @@ def test_dpo_zero3_two_ranks_with_reference_model(run_cli, cache_dir, tmp_path):
     ({"prompt": [], "chosen": "a", "rejected": "b"},
      "pairs.jsonl:2: `prompt` is empty"),
 ])
-def test_bad_preference_rows_name_the_row(run_cli, tmp_path, row, message):
+def test_bad_preference_rows_name_the_row(run_stage, tmp_path, row, message):
     good = {"prompt": [{"role": "user", "content": "Price?"}], "chosen": "It is $5.",
             "rejected": "No idea."}
     path = write_jsonl(tmp_path / "pairs.jsonl", [good, row])
-    result = run_cli(["stage=dpo", "data=custom", "stage.data_format=pairs",
-                      f"data.pairs_train={path}", f"hydra.run.dir={tmp_path / 'run'}"],
-                     cwd=tmp_path)
-    assert result.returncode == 2 and "Traceback" not in result.output
-    assert message in result.output, result.output[-1500:]
+    error = run_stage.fails(["stage=dpo", "data=custom", "stage.data_format=pairs",
+                             f"data.pairs_train={path}"], tmp_path / "run")
+    assert message in error, error
     bad = [json.loads(x) for x in (tmp_path / "run" / "bad_rows.jsonl").read_text().splitlines()]
     assert [b["where"] for b in bad] == [f"{path}:2"]

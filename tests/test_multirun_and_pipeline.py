@@ -21,10 +21,12 @@ def test_multirun_two_learning_rates_land_in_separate_dirs(run_cli, tmp_path):
 
 
 def test_demo_pipeline_runs_every_step_and_summarises(run_cli, tmp_path):
-    """The demo's plumbing with debug=tiny (a few steps); the full demo is test_demo.py."""
+    """The demo's plumbing with debug=tiny (a few steps); the full demo is test_demo.py.
+    Each step is its own `rlhf` process: most of the ~40 s is their six start-ups (imports),
+    the 8 held-out prompts instead of debug=tiny's 16 save ~1.5 s."""
     run_dir = tmp_path / "demo"
-    result = run_cli(["experiment=demo", "debug=tiny", f"hydra.run.dir={run_dir}"],
-                     cwd=tmp_path)
+    result = run_cli(["experiment=demo", "debug=tiny", "debug.max_eval_rows=8",
+                      f"hydra.run.dir={run_dir}"], cwd=tmp_path)
     assert result.returncode == 0, result.output[-3000:]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert list(summary) == ["base_eval", "sft", "rm", "sft_eval", "dpo"]
@@ -36,8 +38,9 @@ def test_demo_pipeline_runs_every_step_and_summarises(run_cli, tmp_path):
     assert sft_eval.model.path == str(run_dir / "sft")
     assert sft_eval.stage.reward_model == str(run_dir / "rm")
     assert OmegaConf.load(run_dir / "dpo" / "config.yaml").model.path == str(run_dir / "sft")
-    # debug=tiny caps eval rows; DPO ends with the same evaluation, plus KL to SFT
-    assert summary["sft_eval"]["eval/num_prompts"] == summary["dpo"]["eval/num_prompts"] == 16
+    # the pipeline's own override (debug.max_eval_rows) capped every step's held-out prompts;
+    # DPO ends with the same evaluation, plus KL to SFT
+    assert summary["sft_eval"]["eval/num_prompts"] == summary["dpo"]["eval/num_prompts"] == 8
     assert "eval/reward_model_greedy" in summary["sft_eval"]
     assert "eval/kl_to_reference" in summary["dpo"]
     assert "=== summary" in result.output and "oracle_greedy" in result.output

@@ -16,11 +16,9 @@ QUICK = ["stage.learning_rate=1e-4", "stage.max_steps=3", "stage.global_batch_si
          "stage.heldout.max_prompts=8", "stage.heldout.max_new_tokens=24"]
 
 
-def test_grpo_with_the_reward_model_checkpoint(run_cli, cache_dir, rm_run, tmp_path):
+def test_grpo_with_the_reward_model_checkpoint(run_stage, cache_dir, rm_run, tmp_path):
     run_dir = tmp_path / "run"
-    result = run_cli(["stage=grpo", *QUICK, f"stage.reward_model={rm_run}",
-                      f"hydra.run.dir={run_dir}"], cwd=tmp_path)
-    assert result.returncode == 0, result.output[-4000:]
+    run_stage(["stage=grpo", *QUICK, f"stage.reward_model={rm_run}"], run_dir)
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert math.isfinite(metrics["train/loss"]) and metrics["train/steps"] == 3
     assert "rewards/reward_model/mean" in metrics and math.isfinite(metrics["train/reward"])
@@ -30,30 +28,26 @@ def test_grpo_with_the_reward_model_checkpoint(run_cli, cache_dir, rm_run, tmp_p
         set(metrics)
 
 
-def test_rloo_with_a_rule_based_reward_function(run_cli, cache_dir, tmp_path):
+def test_rloo_with_a_rule_based_reward_function(run_stage, cache_dir, tmp_path):
     run_dir = tmp_path / "run"
     penalty = "{_target_: rlhf.rewards.length.LengthPenalty, max_words: 3, per_word: 0.1}"
-    result = run_cli(["stage=rloo", *QUICK, f"stage.reward_funcs=[{penalty}]",
-                      f"hydra.run.dir={run_dir}"], cwd=tmp_path)
-    assert result.returncode == 0, result.output[-4000:]
+    run_stage(["stage=rloo", *QUICK, f"stage.reward_funcs=[{penalty}]"], run_dir)
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert math.isfinite(metrics["train/loss"]) and metrics["train/steps"] == 3
     assert metrics["rewards/length_penalty/mean"] < 0  # untrained answers ramble
     assert max_weight_change(run_dir, cache_dir / "demo_tiny") > 0
 
 
-def test_empty_prompt_names_the_row(run_cli, tmp_path):
+def test_empty_prompt_names_the_row(run_stage, tmp_path):
     path = write_jsonl(tmp_path / "prompts.jsonl", [
         {"prompt": [{"role": "user", "content": "Price of the Orbit Fan?"}]}, {"prompt": []}])
-    result = run_cli(["stage=grpo", "data=custom", f"data.prompts_train={path}",
-                      "stage.reward_funcs=[{_target_: rlhf.rewards.length.LengthPenalty}]",
-                      f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
-    assert result.returncode == 2 and "Traceback" not in result.output
-    assert f"{path}:2: `prompt` is empty" in result.output, result.output[-1500:]
+    error = run_stage.fails(["stage=grpo", "data=custom", f"data.prompts_train={path}",
+                             "stage.reward_funcs=[{_target_: rlhf.rewards.length.LengthPenalty}]"],
+                            tmp_path / "run")
+    assert f"{path}:2: `prompt` is empty" in error, error
 
 
-def test_unknown_reward_function_is_named(run_cli, tmp_path):
-    result = run_cli(["stage=grpo", "stage.reward_funcs=[{_target_: rlhf.rewards.nope}]",
-                      f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
-    assert result.returncode == 2 and "Traceback" not in result.output
-    assert "stage.reward_funcs[0]._target_=rlhf.rewards.nope: cannot import it" in result.output
+def test_unknown_reward_function_is_named(run_stage, tmp_path):
+    error = run_stage.fails(["stage=grpo", "stage.reward_funcs=[{_target_: rlhf.rewards.nope}]"],
+                            tmp_path / "run")
+    assert "stage.reward_funcs[0]._target_=rlhf.rewards.nope: cannot import it" in error, error

@@ -26,9 +26,9 @@ def test_reward_stats_written(rm_run):
 
 def test_top1_accuracy_is_what_the_saved_model_says(rm_run, cache_dir):
     """eval/top1_accuracy: the share of held-out prompts whose highest-scored answer is one
-    ranked best, recomputed from the saved model's own scores. (This 24-step model scores
-    the rambling answer, ranked second, a hair above the good one on most prompts, so its
-    top-1 is below chance while its pairwise accuracy is well above it.)"""
+    ranked best, recomputed from the saved model's own scores, and better than picking one of
+    the 4 answers at random (the good answer and the rambling one, ranked second, differ
+    only by the rambling's extra sentence: the hardest pair to learn)."""
     from rlhf.data.rankings import load_rankings
     from rlhf.models import reward
 
@@ -44,6 +44,7 @@ def test_top1_accuracy_is_what_the_saved_model_says(rm_run, cache_dir):
         hits += row["ranks"][best] == min(row["ranks"])
     # one prompt may flip where two scores differ by float noise (batching differs)
     assert metrics["eval/top1_accuracy"] == pytest.approx(hits / len(rows), abs=1.5 / len(rows))
+    assert metrics["eval/top1_accuracy"] > 0.25, metrics  # chance: 1 in 4
 
 
 def test_reload_with_plain_transformers_and_score(rm_run):
@@ -69,16 +70,15 @@ def test_reload_with_plain_transformers_and_score(rm_run):
     ({"prompt": [{"role": "user", "content": "q"}], "responses": ["a", "b", "c"], "ranks": [1, 2]},
      "rankings.jsonl:2: `ranks` must give one integer rank per response (3)"),
 ])
-def test_bad_ranking_rows_name_the_row(run_cli, tmp_path, row, message):
+def test_bad_ranking_rows_name_the_row(run_stage, tmp_path, row, message):
     good = {"prompt": [{"role": "user", "content": "q"}], "responses": ["a", "b"]}
     path = write_jsonl(tmp_path / "rankings.jsonl", [good, row])
-    result = run_cli(["stage=rm", "data=custom", f"data.rankings_train={path}",
-                      f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
-    assert result.returncode == 2 and "Traceback" not in result.output
-    assert message in result.output, result.output[-1500:]
+    error = run_stage.fails(["stage=rm", "data=custom", f"data.rankings_train={path}"],
+                            tmp_path / "run")
+    assert message in error, error
 
 
-def test_pairwise_lora_on_trl_reloads_the_merged_model(run_cli, cache_dir, tmp_path):
+def test_pairwise_lora_on_trl_reloads_the_merged_model(run_stage, cache_dir, tmp_path):
     """Pairwise runs on TRL's RewardTrainer; LoRA adapters and the new score head are merged
     on save, so the plain reloaded model reproduces the stage's own held-out accuracy."""
     from rlhf.algorithms.ranking_metrics import ranking_metrics
@@ -86,13 +86,12 @@ def test_pairwise_lora_on_trl_reloads_the_merged_model(run_cli, cache_dir, tmp_p
     from rlhf.models import reward
 
     run_dir = tmp_path / "run"
-    result = run_cli(["stage=rm", "stage.objective=pairwise", "model.lora.enabled=true",
-                      "model.lora.r=8", f"hydra.run.dir={run_dir}", "stage.learning_rate=2e-3",
-                      "stage.max_steps=12", "stage.global_batch_size=16",
-                      "stage.per_device_batch_size=16", "stage.max_length=128",
-                      "stage.use_margin=true", "debug.max_train_rows=64",
-                      "debug.max_eval_rows=48", "stage.reward_stats_rows=16"], cwd=tmp_path)
-    assert result.returncode == 0, result.output[-3000:]
+    run_stage(["stage=rm", "stage.objective=pairwise", "model.lora.enabled=true",
+               "model.lora.r=8", "stage.learning_rate=2e-3",
+               "stage.max_steps=12", "stage.global_batch_size=16",
+               "stage.per_device_batch_size=16", "stage.max_length=128",
+               "stage.use_margin=true", "debug.max_train_rows=64",
+               "debug.max_eval_rows=48", "stage.reward_stats_rows=16"], run_dir)
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["train/examples"] > 64 and math.isfinite(metrics["train/loss"])
     assert (run_dir / "model" / "adapter" / "adapter_config.json").exists()

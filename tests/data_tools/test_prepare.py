@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
 import json
-import shutil
 
 import pytest
 
@@ -11,13 +11,19 @@ from data_tools.prepare import PrepareError, prepare
 from tests.data_tools.conftest import conv, read_jsonl, write_jsonl
 
 
+def _head(src, dst, n: int) -> None:
+    with open(src, encoding="utf-8") as f:
+        dst.write_text("".join(itertools.islice(f, n)), encoding="utf-8")
+
+
 @pytest.fixture
 def mixed_folder(tmp_path, cache_dir):
     raw = tmp_path / "raw"
     raw.mkdir()
     demo = cache_dir / "demo_data"
-    shutil.copy(demo / "sft_train.jsonl", raw / "demo_sft.jsonl")
-    shutil.copy(demo / "rankings_train.jsonl", raw / "demo_rankings.jsonl")
+    # a few hundred rows of the demo data (all of it, 7,000 rows, took 3-4 s per prepare)
+    _head(demo / "sft_train.jsonl", raw / "demo_sft.jsonl", 400)
+    _head(demo / "rankings_train.jsonl", raw / "demo_rankings.jsonl", 300)
     write_jsonl(raw / "extra.jsonl", [
         conv("Where is my order?", "Mail orders@shop.example for help."),
         conv("Where is my order?", "Mail orders@shop.example for help."),     # exact duplicate

@@ -1,12 +1,11 @@
 """What `rlhf-data` writes, every stage trains on: a mixed folder (six input formats) with ties,
 K = 1 and all-tied rankings and bad rows goes through `rlhf-data`; the bad rows land in
 quarantine.jsonl with their reasons, and stage=sft, rm (K-wise and pairwise), dpo and grpo
-train on the output for a few steps each, in this process (a composed config and the stage's
-`run(cfg)`, as `rlhf` does after composing)."""
+train on the output for a few steps each, in this process (`run_stage` in tests/conftest.py:
+a composed config and the stage's `run(cfg)`, as `rlhf` does after composing)."""
 
 from __future__ import annotations
 
-import importlib
 import itertools
 import json
 import math
@@ -61,27 +60,6 @@ def mixed_folder(tmp_path, cache_dir) -> Path:
     write_jsonl(raw / "extra.jsonl", [conv("Where is my order?", "It left today."),
                                       {"messages": [{"role": "user", "content": "Hello?"}]}])
     return raw
-
-
-@pytest.fixture
-def run_stage(cache_dir, monkeypatch):
-    """Compose the `rlhf` config from conf/ with these overrides and run the stage in this
-    process, as rlhf.cli does: validate, build the tiny model if needed, `run(cfg)`."""
-    from hydra import compose, initialize_config_dir
-
-    from rlhf.cli import CONFIG_DIR, STAGES
-    from rlhf.config import validate
-    from rlhf.models.loading import prepare_inputs
-    from rlhf.runs import RUN_DIR_ENV
-
-    def run(overrides: list[str], run_dir: Path) -> dict:
-        monkeypatch.setenv(RUN_DIR_ENV, str(run_dir))
-        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-            cfg = compose("config", overrides=[f"cache_dir={cache_dir}", *overrides])
-        validate(cfg)
-        prepare_inputs(cfg)
-        return importlib.import_module(STAGES[cfg.stage.name]).run(cfg)
-    return run
 
 
 # debug=tiny's 4 steps, on a few short rows each: the point is that every stage accepts the data
