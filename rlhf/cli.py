@@ -51,26 +51,35 @@ CONFIG_DIR = str(_PACKAGED_CONF if _PACKAGED_CONF.is_dir()
 register_configs()
 
 
+def check(cfg, world: int | None = None) -> None:
+    """Every check, before any rank starts or any model loads."""
+    validate(cfg, world)
+    if cfg.stage.name not in STAGES:
+        raise UserError(f"stage.name={cfg.stage.name!r} has no implementation; "
+                        f"known stages: {', '.join(STAGES)}")
+
+
+def run_here(cfg) -> dict:
+    """Run a checked config's stage in this process: the only rank, or this rank of
+    torchrun/srun. The demo data and tiny model are built before the process group exists:
+    transformers only writes files on rank 0 once it does."""
+    prepare_inputs(cfg)
+    if inside_distributed():
+        setup_distributed(cfg)
+    return importlib.import_module(STAGES[cfg.stage.name]).run(cfg)
+
+
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
 def main(cfg: DictConfig) -> dict:
     export_slurm_env()  # under srun, speak torchrun's variables from here on
     try:
-        # every check happens here, before any rank starts or any model loads
-        validate(cfg, world_size() if inside_distributed() else None)
-        if cfg.stage.name not in STAGES:
-            raise UserError(f"stage.name={cfg.stage.name!r} has no implementation; "
-                            f"known stages: {', '.join(STAGES)}")
+        check(cfg, world_size() if inside_distributed() else None)
         if cfg.stage.name not in SINGLE_PROCESS_STAGES and needs_launch(cfg):
             code = launch_ranks(cfg)
             if code:
                 sys.exit(code)
             return read_metrics(run_dir())
-        # the demo data and tiny model are built before the process group exists:
-        # transformers only writes files on rank 0 once it does
-        prepare_inputs(cfg)
-        if inside_distributed():
-            setup_distributed(cfg)
-        return importlib.import_module(STAGES[cfg.stage.name]).run(cfg)
+        return run_here(cfg)
     except UserError as err:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise  # the user asked for tracebacks

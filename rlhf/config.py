@@ -187,8 +187,6 @@ class SFTStageConfig(OfflineStageConfig):
     packing: bool = False
     # flatten the batch into one row without padding (needs flash attention on GPU)
     padding_free: bool = False
-    # batches of rows of similar length (less padding), drawn from shuffled megabatches
-    group_by_length: bool = False
 
 
 @dataclass

@@ -1,12 +1,14 @@
-"""Runs an experiment's `pipeline.steps` in order, each as its own `rlhf stage=...` process.
+"""Runs an experiment's `pipeline.steps` in order, each as `rlhf stage=...` would run it.
 
     rlhf experiment=demo
 
 Each step runs in `<run dir>/<step name>` with the same experiment and command-line overrides
 as the pipeline, plus its own overrides, in which `{name}` stands for the run directory of an
-earlier step (e.g. `model.path={sft}`). A separate process per step keeps the stages
-independent: each can be launched on its own ranks, and a failed step names its log.
-At the end a summary table of the chosen metrics is printed and written to `summary.json`.
+earlier step (e.g. `model.path={sft}`). A step on one process without DeepSpeed runs in the
+pipeline's process; one with several ranks or DeepSpeed gets its own `rlhf` process (which
+starts its ranks). Each step's output is also kept in its `step.log`, and a failed step names
+it. At the end a summary table of the chosen metrics and the quality floors are printed, and
+written to `summary.json` and `floors.json`.
 """
 
 from __future__ import annotations
@@ -43,23 +45,95 @@ def substitute_dirs(override: str, step_dirs: dict[str, str]) -> str:
     return re.sub(r"(?<!\$)\{(\w+)\}", repl, override)
 
 
+def step_config(step, overrides: list[str]):
+    """The step's config, composed as `rlhf stage=<stage> <pipeline overrides> <its own>`
+    would compose it (Hydra's own `hydra.*` settings aside)."""
+    from hydra import compose
+
+    task = [o for o in [f"stage={step.stage}", *inherited_overrides(), *overrides]
+            if not re.match(r"^[+~]*hydra[.=/]", o)]
+    return compose(config_name="config", overrides=task)
+
+
+def runs_in_process(step_cfg) -> bool:
+    """Steps that need no ranks or DeepSpeed run in the pipeline's own process: a process per
+    step paid ~4 s of imports (torch, transformers, TRL) each time. The others (several ranks,
+    DeepSpeed's process-wide state) get their own `rlhf` process."""
+    from rlhf.config import Backend
+
+    dist = step_cfg.distributed
+    return dist.nproc_per_node == 1 and dist.backend == Backend.none
+
+
+class _Tee:
+    """Writes to the console and to the step's log."""
+
+    def __init__(self, *streams):
+        self.streams = streams
+
+    def write(self, text: str) -> int:
+        for stream in self.streams:
+            stream.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        for stream in self.streams:
+            stream.flush()
+
+    def isatty(self) -> bool:
+        return False
+
+
+def run_in_process(step_cfg, step_dir, log) -> None:
+    from rlhf.cli import check, run_here
+
+    saved = sys.stdout, sys.stderr, os.environ.get(RUN_DIR_ENV)
+    sys.stdout, sys.stderr = _Tee(saved[0], log), _Tee(saved[1], log)
+    os.environ[RUN_DIR_ENV] = str(step_dir)
+    try:
+        check(step_cfg)
+        run_here(step_cfg)
+    finally:
+        sys.stdout, sys.stderr = saved[:2]
+        # set on os.environ as it is now: datasets' map() may have replaced the object
+        if saved[2] is None:
+            os.environ.pop(RUN_DIR_ENV, None)
+        else:
+            os.environ[RUN_DIR_ENV] = saved[2]
+
+
+def run_in_subprocess(cmd: list[str], log) -> int:
+    env = {k: v for k, v in os.environ.items() if k != RUN_DIR_ENV}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, bufsize=1)
+    for line in proc.stdout:  # show the step's progress and keep it in step.log
+        sys.stdout.write(line)
+        log.write(line)
+    return proc.wait()
+
+
 def run_step(step, step_dirs: dict[str, str], out) -> dict:
     step_dir = out / step.name
     overrides = [substitute_dirs(o, step_dirs) for o in step.overrides]
     cmd = [sys.executable, "-m", "rlhf.cli", f"stage={step.stage}", f"hydra.run.dir={step_dir}",
            *inherited_overrides(), *overrides]
     print(f"\n=== pipeline step {step.name}: rlhf {' '.join(cmd[3:])}", flush=True)
-    env = {k: v for k, v in os.environ.items() if k != RUN_DIR_ENV}
+    step_cfg = step_config(step, overrides)
     step_dir.mkdir(parents=True, exist_ok=True)
     with open(step_dir / "step.log", "w", encoding="utf-8") as log:
-        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True, bufsize=1)
-        for line in proc.stdout:  # show the step's progress and keep it in step.log
-            sys.stdout.write(line)
-            log.write(line)
-    if proc.wait() != 0:
+        if runs_in_process(step_cfg):
+            try:
+                run_in_process(step_cfg, step_dir, log)
+            except UserError as err:
+                log.write(f"rlhf: error: {err}\n")
+                raise UserError(f"pipeline step {step.name!r} (stage={step.stage}): {err}") \
+                    from err
+            code = 0
+        else:
+            code = run_in_subprocess(cmd, log)
+    if code != 0:
         raise UserError(f"pipeline step {step.name!r} (stage={step.stage}) failed with exit code "
-                        f"{proc.returncode}; its output is in {step_dir / 'step.log'}")
+                        f"{code}; its output is in {step_dir / 'step.log'}")
     step_dirs[step.name] = str(step_dir)
     return read_metrics(step_dir)
 

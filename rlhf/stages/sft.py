@@ -58,9 +58,7 @@ def run(cfg) -> dict:
 
     args = SFTConfig(**training_arguments(cfg, out), max_length=stage.max_length,
                      assistant_only_loss=stage.assistant_only_loss, packing=stage.packing,
-                     padding_free=stage.padding_free, dataset_num_proc=cfg.data.num_proc,
-                     train_sampling_strategy="group_by_length" if stage.group_by_length
-                     else "random")
+                     padding_free=stage.padding_free, dataset_num_proc=cfg.data.num_proc)
     memory = StateMemoryCallback()
     trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
                          processing_class=tokenizer, peft_config=peft_config(cfg.model),

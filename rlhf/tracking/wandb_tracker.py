@@ -56,7 +56,9 @@ class WandbTracker:
             name=f"{cfg.experiment_name}-{cfg.stage.name}-{out.name}",
             tags=redact(list(cfg.logger.tags)),
             config=resolved_config(cfg), dir=str(out), mode=self.mode, id=run_id,
-            resume="allow", reinit="finish_previous")
+            # a pipeline's steps may run in its process, each with its own run beside the
+            # pipeline's: runs are independent objects, none finishes another
+            resume="allow", reinit="create_new")
 
     def log(self, metrics: dict, step: int | None = None) -> None:
         self.run.log(metrics, step=step)
