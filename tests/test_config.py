@@ -158,13 +158,7 @@ def yaml_files() -> list:
         rel = path.relative_to(CONF)
         if rel.parts[0] in ("hydra", "experiment"):
             continue
-        marks = []
-        if str(rel) in ("model/demo_tiny.yaml", "data/demo.yaml"):
-            # their `demo:` blocks restate DemoModelSpec / DemoSpec, and demo_tiny its dtype;
-            # these files belong to the demo tuning (issue 10, part 5): trim them there, then
-            # drop this mark (strict: the test fails once they no longer repeat anything)
-            marks.append(pytest.mark.xfail(strict=True, reason="demo files not yet trimmed"))
-        params.append(pytest.param(path, id=str(rel), marks=marks))
+        params.append(pytest.param(path, id=str(rel)))
     return params
 
 

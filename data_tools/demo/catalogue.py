@@ -150,15 +150,10 @@ _RAMBLING_TAIL = (" Many customers ask about this, and every item in our shop is
                   " with great care for quality and design.")
 
 FLAWS = ("wrong_fact", "rude", "off_topic", "rambling")
-# a polite, correct answer to another question about the product (the question misread): in
-# the rankings only, so that preference data shows the model's commonest error on held-out
-# phrasings; SFT demonstrations never contain it
-MISREAD = "wrong_topic"
-RANKING_FLAWS = FLAWS + (MISREAD,)
 
 
 def answer(product: Product, intent: str, style: str, rng: random.Random) -> str:
-    """One assistant answer about `product` in the given style ("good" or a flaw)."""
+    """One assistant answer about `product` in the given style ("good" or one of FLAWS)."""
     good = rng.choice(_GOOD[intent])
     if style == "good":
         return good.format(name=product.name, fact=fact_text(product, intent))
@@ -171,11 +166,7 @@ def answer(product: Product, intent: str, style: str, rng: random.Random) -> str
         return rng.choice(_OFF_TOPIC)
     if style == "rambling":
         return good.format(name=product.name, fact=fact_text(product, intent)) + _RAMBLING_TAIL
-    if style == MISREAD:
-        other = rng.choice([i for i in INTENTS if i != intent])
-        return rng.choice(_GOOD[other]).format(name=product.name, fact=fact_text(product, other))
-    raise ValueError(f"unknown answer style {style!r}; expected 'good' or one of "
-                     f"{RANKING_FLAWS}")
+    raise ValueError(f"unknown answer style {style!r}; expected 'good' or one of {FLAWS}")
 
 
 def _heldout_stems() -> set[str]:

@@ -42,11 +42,10 @@ class DemoSpec:
     eval_prompts_size: int = 200
     # random greetings/closings around training questions (see catalogue.question)
     framing: bool = True
-    # share of words deleted at random from training questions (never from held-out ones)
-    word_dropout: float = 0.0
-    # rankings may also hold an answer to another question about the product (K - 1 flaws
-    # drawn from five instead of four)
-    misread_answers: bool = False
+    # share of words deleted at random from training questions, intent keywords and product
+    # name kept (never from held-out ones): with framing, what lets the tiny model answer
+    # held-out phrasings (docs/demo.md)
+    word_dropout: float = 0.2
     # a system message with the product's facts before every question, as a support bot has:
     # with it the reward model can check an answer's facts (held-out agreement 0.90 -> 0.99)
     fact_sheet: bool = True
@@ -77,17 +76,16 @@ def sft_rows(products, n: int, flawed_share: float, heldout: bool, framing: bool
 
 
 def ranking_rows(products, n: int, k: int, heldout: bool, framing: bool, rng,
-                 fact_sheet: bool = True, word_dropout: float = 0.0, misread: bool = False):
+                 fact_sheet: bool = True, word_dropout: float = 0.0):
     """K responses per prompt, ranked by the oracle (rank 1 = best; equal scores tie)."""
-    flaws = cat.RANKING_FLAWS if misread else cat.FLAWS
     for _ in range(n):
         product, intent = _pick(products, rng)
-        styles = ["good"] + rng.sample(flaws, k=min(k - 1, len(flaws)))
+        styles = ["good"] + rng.sample(cat.FLAWS, k=min(k - 1, len(cat.FLAWS)))
         while len(styles) < k:  # K > 5: repeat styles, which also creates ties
-            styles.append(rng.choice(("good",) + flaws))
+            styles.append(rng.choice(("good",) + cat.FLAWS))
         answers = {cat.answer(product, intent, s, rng) for s in styles}
         while len(answers) < k:  # two styles happened to give the same text
-            answers.add(cat.answer(product, intent, rng.choice(flaws), rng))
+            answers.add(cat.answer(product, intent, rng.choice(cat.FLAWS), rng))
         scored = sorted(((score(a, product, intent).total, a) for a in answers), reverse=True)
         question = cat.question(product, intent, rng, heldout, framing, word_dropout)
         yield {"prompt": _prompt(product, question, fact_sheet),
@@ -130,10 +128,10 @@ def generate_demo(out_dir: str | os.PathLike, spec: DemoSpec) -> Path:
             spec.fact_sheet))
         _write_jsonl(tmp / "rankings_train.jsonl", ranking_rows(
             products, spec.rankings_train_size, spec.ranking_k, False, spec.framing, rng("rank"),
-            spec.fact_sheet, spec.word_dropout, spec.misread_answers))
+            spec.fact_sheet, spec.word_dropout))
         _write_jsonl(tmp / "rankings_eval.jsonl", ranking_rows(
             products, spec.rankings_eval_size, spec.ranking_k, True, spec.framing,
-            rng("rank_eval"), spec.fact_sheet, misread=spec.misread_answers))
+            rng("rank_eval"), spec.fact_sheet))
         _write_jsonl(tmp / "prompts_train.jsonl", prompt_rows(
             products, spec.prompts_train_size, False, spec.framing, rng("prompts"),
             spec.fact_sheet, spec.word_dropout))
