@@ -71,7 +71,6 @@ class RankingCollator:
         self.pad_token_id = pad_token_id
 
     def __call__(self, rows: list[dict]) -> dict:
-        k_max = max(len(r["input_ids"]) for r in rows)
         seqs = [s for r in rows for s in r["input_ids"]]
         longest = max(len(s) for s in seqs)
         input_ids = torch.full((len(seqs), longest), self.pad_token_id, dtype=torch.long)
@@ -79,14 +78,21 @@ class RankingCollator:
         for n, s in enumerate(seqs):  # right padding: the reward is read at the last token
             input_ids[n, :len(s)] = torch.tensor(s)
             attention_mask[n, :len(s)] = 1
-        ranks = torch.zeros((len(rows), k_max), dtype=torch.long)
-        scores = torch.zeros((len(rows), k_max))
-        valid = torch.zeros((len(rows), k_max), dtype=torch.bool)
-        for b, r in enumerate(rows):
-            k = len(r["input_ids"])
-            ranks[b, :k] = torch.tensor(r["ranks"])
-            scores[b, :k] = torch.tensor(r["scores"], dtype=torch.float)
-            valid[b, :k] = True
-        return {"input_ids": input_ids, "attention_mask": attention_mask, "ranks": ranks,
-                "scores": scores, "valid": valid,
-                "use_scores": torch.tensor(all(r["has_scores"] for r in rows))}
+        return {"input_ids": input_ids, "attention_mask": attention_mask,
+                **ranking_targets(rows)}
+
+
+def ranking_targets(rows: list[dict]) -> dict:
+    """(B, K_max) ranks, scores and valid mask of tokenized rankings, and whether every row
+    has scores (for margins)."""
+    k_max = max(len(r["input_ids"]) for r in rows)
+    ranks = torch.zeros((len(rows), k_max), dtype=torch.long)
+    scores = torch.zeros((len(rows), k_max))
+    valid = torch.zeros((len(rows), k_max), dtype=torch.bool)
+    for b, r in enumerate(rows):
+        k = len(r["input_ids"])
+        ranks[b, :k] = torch.tensor(r["ranks"])
+        scores[b, :k] = torch.tensor(r["scores"], dtype=torch.float)
+        valid[b, :k] = True
+    return {"ranks": ranks, "scores": scores, "valid": valid,
+            "use_scores": torch.tensor(all(r["has_scores"] for r in rows))}

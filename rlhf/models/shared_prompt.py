@@ -24,6 +24,7 @@ from contextlib import contextmanager
 
 import torch
 
+from rlhf.data.rankings import ranking_targets
 
 def split_prompt(tokenizer, prompt: list[dict], full_ids: list[list[int]]) -> list[int] | None:
     """The prompt's token ids when every `prompt + response` tokenization starts with them
@@ -76,17 +77,8 @@ class SharedPromptCollator:
                 segments[b, start:stop] = k + 1
                 ends[b, k] = stop - 1
                 start = stop
-        ranks = torch.zeros((len(rows), k_max), dtype=torch.long)
-        scores = torch.zeros((len(rows), k_max))
-        valid = torch.zeros((len(rows), k_max), dtype=torch.bool)
-        for b, r in enumerate(rows):
-            k = len(r["input_ids"])
-            ranks[b, :k] = torch.tensor(r["ranks"])
-            scores[b, :k] = torch.tensor(r["scores"], dtype=torch.float)
-            valid[b, :k] = True
         return {"input_ids": input_ids, "attention_mask": block_mask(segments),
-                "position_ids": position_ids, "ends": ends, "ranks": ranks, "scores": scores,
-                "valid": valid, "use_scores": torch.tensor(all(r["has_scores"] for r in rows))}
+                "position_ids": position_ids, "ends": ends, **ranking_targets(rows)}
 
 
 def score_head(model) -> torch.nn.Module:

@@ -85,7 +85,7 @@ class _Tee:
 
 
 def run_in_process(step_cfg, step_dir, log) -> None:
-    from rlhf.cli import check, run_here
+    from rlhf.stages import check, run_here
 
     saved = sys.stdout, sys.stderr, os.environ.get(RUN_DIR_ENV)
     sys.stdout, sys.stderr = _Tee(saved[0], log), _Tee(saved[1], log)
