@@ -50,9 +50,16 @@ def step_config(step, overrides: list[str]):
     would compose it (Hydra's own `hydra.*` settings aside)."""
     from hydra import compose
 
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
     task = [o for o in [f"stage={step.stage}", *inherited_overrides(), *overrides]
             if not re.match(r"^[+~]*hydra[.=/]", o)]
-    return compose(config_name="config", overrides=task)
+    try:
+        return compose(config_name="config", overrides=task)
+    except (HydraException, OmegaConfBaseException) as err:
+        raise UserError(f"pipeline step {step.name!r} (stage={step.stage}): its config does not "
+                        f"compose: {err}") from err
 
 
 def runs_in_process(step_cfg) -> bool:
