@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 
+from rlhf.compat import full_numel
 from rlhf.data.loading import load_conversations, require
 from rlhf.models.loading import (load_causal_lm, load_tokenizer, peft_config,
                                  resolve_model_path)
@@ -32,10 +33,9 @@ def load_data(cfg, out):
 
 
 def parameter_counts(model) -> dict:
-    # under ZeRO-3 a rank holds only a shard; DeepSpeed records the full size in ds_numel
-    numel = lambda p: getattr(p, "ds_numel", p.numel())  # noqa: E731
-    return {"num_parameters": sum(numel(p) for p in model.parameters()),
-            "num_trainable_parameters": sum(numel(p) for p in model.parameters()
+    # under ZeRO-3 a rank holds only a shard of each parameter
+    return {"num_parameters": sum(full_numel(p) for p in model.parameters()),
+            "num_trainable_parameters": sum(full_numel(p) for p in model.parameters()
                                             if p.requires_grad)}
 
 
