@@ -500,9 +500,11 @@ def validate_dpo(stage: Any, model: Any) -> None:
     if stage.beta <= 0:
         raise ConfigError(f"stage.beta={stage.beta} must be positive (it scales the implied "
                           "reward; ipo and sppo_hard divide by it)")
-    if stage.sft_weight and stage.loss_type in REFERENCE_FREE_LOSSES:
-        raise ConfigError(f"stage.sft_weight={stage.sft_weight} applies to DPO losses only; "
-                          f"loss_type={stage.loss_type} has its own (orpo's beta); set it to 0")
+    if stage.sft_weight and (stage.loss_type in REFERENCE_FREE_LOSSES
+                             or stage.loss_type == "sft"):
+        raise ConfigError(f"stage.sft_weight={stage.sft_weight} adds an NLL term to a preference "
+                          f"loss; loss_type={stage.loss_type} has none to add it to (orpo has its "
+                          "own, weighted by beta); set it to 0")
     if stage.loss_type in REFERENCE_FREE_LOSSES:
         unused = ([f"stage.reference={stage.reference.value}"]
                   if stage.reference != DPOReference.model else []) + \

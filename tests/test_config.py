@@ -259,6 +259,9 @@ def test_every_stage_field_is_read_by_the_stage(schema):
     (["stage=dpo", "stage.loss_type=robust", "stage.label_smoothing=0.5"],
      "robust DPO reads it as the chance a label is flipped"),
     (["stage=dpo", "stage.loss_type=exo_pair"], "exo_pair takes log\\(label_smoothing\\)"),
+    (["stage=dpo", "stage.loss_type=simpo", "stage.sft_weight=1"],
+     "stage.sft_weight=1.0 adds an NLL term to a preference loss; loss_type=simpo"),
+    (["stage=dpo", "stage.loss_type=sft", "stage.sft_weight=1"], "loss_type=sft has none"),
     # online RL
     (["stage=grpo", REWARD, "stage.num_generations=1"], "sample at least 2 per prompt"),
     (["stage=rloo", REWARD, "stage.num_generations=6"],
@@ -290,11 +293,23 @@ def test_cross_field_error_is_one_line_naming_the_field(overrides, message):
     ["stage=dpo", "stage.loss_type=simpo", "stage.heldout.reference_path=/models/sft"],
     ["stage=dpo", "stage.reference=precomputed", "stage.reference_path=/models/sft"],
     ["stage=dpo", "model.lora.enabled=true", "stage.reference=lora_base"],
+    ["stage=dpo", "stage.sft_weight=1.0"],  # RPO: sigmoid + the chosen answer's NLL
     ["stage=grpo", REWARD, "stage.beta=0"],
     ["stage=eval", "stage.greedy=false"],
 ])
 def test_valid_neighbours_pass(overrides):
-    validate(composed(overrides))
+    """Each case sits next to a rejected one: validate() must let it through unchanged."""
+    cfg = composed(overrides)
+    validate(cfg)  # raises ConfigError on a rejected combination
+    for key, value in (o.split("=", 1) for o in overrides if "." in o.split("=", 1)[0]):
+        if value.startswith("["):
+            continue
+        got = OmegaConf.select(cfg, key)
+        got = getattr(got, "value", got)  # enums
+        try:
+            assert float(got) == float(value), (key, got)
+        except (TypeError, ValueError):
+            assert str(got).lower() == value.lower(), (key, got)
 
 
 # ---------------------------------------------------------------- TRL's lists

@@ -40,12 +40,23 @@ def test_dpo_trains_against_the_reference_and_evaluates(run_stage, cache_dir, tm
     assert SHARED_NAMES <= set(metrics), sorted(metrics)
     assert math.isfinite(metrics["train/loss"]) and metrics["train/steps"] == 4
     assert max_weight_change(run_dir, cache_dir / "demo_tiny") > 0
+    # 4 steps x 8 pairs are all the run can reach: only those are tokenized
+    assert metrics["train/pairs"] == 32 < metrics["train/pairs_available"]
     # the held-out evaluation of stage=eval, with KL to the reference (here the start model)
     assert metrics["eval/num_prompts"] == 8 and "eval/oracle_greedy" in metrics
     assert metrics["eval/kl_to_reference"] > -0.05  # an estimate: >= 0 up to sampling noise
     assert (run_dir / "samples.jsonl").exists()
     history = json.loads((run_dir / "log_history.json").read_text())
     assert any("rewards/margins" in h for h in history)  # TRL's name, renamed in metrics
+
+
+def test_rpo_adds_the_chosen_answers_nll(run_stage, tmp_path):
+    """stage.sft_weight: at the first step policy = reference, so DPO's sigmoid loss is
+    log 2 = 0.693; the NLL of the chosen answer under the untrained model comes on top."""
+    run_dir, metrics = _run(run_stage, tmp_path, ["stage.sft_weight=1.0"])
+    first = next(h["loss"] for h in json.loads((run_dir / "log_history.json").read_text())
+                 if "loss" in h)
+    assert first > math.log(2) + 1.0, first
 
 
 def test_reference_free_simpo(run_stage, cache_dir, tmp_path):

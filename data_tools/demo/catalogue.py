@@ -169,8 +169,8 @@ def answer(product: Product, intent: str, style: str, rng: random.Random) -> str
     raise ValueError(f"unknown answer style {style!r}; expected 'good' or one of {FLAWS}")
 
 
-def _heldout_stems() -> set[str]:
-    return {p.split("{name}")[0].strip() for ps in HELDOUT_PHRASINGS.values() for p in ps}
+# how each held-out phrasing starts: no training question may contain one
+_HELDOUT_STEMS = {p.split("{name}")[0].strip() for ps in HELDOUT_PHRASINGS.values() for p in ps}
 
 
 # words that carry a question's intent: deleting them would make the question ambiguous
@@ -185,9 +185,9 @@ def _keeps_meaning(word: str) -> bool:
 def drop_words(template: str, rng: random.Random, rate: float) -> str:
     """Random deletion (EDA, Wei & Zou 2019, arXiv 1901.11196): each word of a training
     phrasing except the product name and the intent's keywords is dropped with probability
-    `rate`. A tiny model then
-    learns that the intent keyword alone decides the answer, not the sentence around it. A
-    result that starts like a held-out phrasing is drawn again, so held-out shapes stay unseen."""
+    `rate`. A tiny model then learns that the intent keyword alone decides the answer, not the
+    sentence around it. A result that contains the start of a held-out phrasing is drawn
+    again, so held-out shapes stay unseen."""
     words = template.split(" ")
     for _ in range(20):
         kept = [w for w in words if _keeps_meaning(w) or rng.random() >= rate]
@@ -195,7 +195,7 @@ def drop_words(template: str, rng: random.Random, rate: float) -> str:
             continue
         text = " ".join(kept)
         text = text[0].upper() + text[1:]
-        if not any(stem and stem in text for stem in _heldout_stems()):
+        if not any(stem and stem in text for stem in _HELDOUT_STEMS):
             return text
     return template
 
