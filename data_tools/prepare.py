@@ -166,9 +166,17 @@ class Report:
         self.dropped = Counter()
         self.pii = Counter()
         self.cleaning = Counter()
-        self.files = {str(f): {"format": fmt, "rows": 0} for f, fmt in files}
+        self.files = {str(f): {"format": fmt, "rows_read": 0, "rows_kept": 0,
+                               "rows_quarantined": 0} for f, fmt in files}
         self.lengths: list[int] = []  # a reservoir sample, so memory stays bounded
         self.rng = random.Random(0)
+
+    def add(self, item: Record | Rejected, outcome: str) -> None:
+        """Count an item's input rows as read and as `outcome` (rows_kept, rows_quarantined),
+        overall and for its file."""
+        for counts in (self.counts, self.files[item.source]):
+            counts["rows_read"] += item.rows
+            counts[outcome] += item.rows
 
     def length(self, n: int) -> None:
         seen = self.counts["rows_kept_records"]
@@ -195,9 +203,7 @@ class Report:
 
 def _read_all(files, cfg, report: Report) -> Iterator[Record | Rejected]:
     for path, fmt in files:
-        for item in read_file(path, fmt, cfg):
-            report.files[str(path)]["rows"] += item.rows
-            yield item
+        yield from read_file(path, fmt, cfg)
 
 
 def _cleaned(chunks: Iterator[list], cfg) -> Iterator[list]:
@@ -250,7 +256,6 @@ def prepare(cfg) -> dict:
 
 
 def _route(result, exact, near, dedup, writer, quarantine, report: Report, cfg) -> None:
-    report.counts["rows_read"] += result.rows
     if isinstance(result, Record):
         duplicate = dedup.check(result, exact, near)
         if duplicate:
@@ -258,11 +263,11 @@ def _route(result, exact, near, dedup, writer, quarantine, report: Report, cfg) 
                               "duplicate_exact" if duplicate.startswith("exact")
                               else "duplicate_near")
     if isinstance(result, Rejected):
-        report.counts["rows_quarantined"] += result.rows
+        report.add(result, "rows_quarantined")
         report.dropped[result.category] += result.rows
         quarantine.write(json.dumps(result.as_dict(), ensure_ascii=False, default=str) + "\n")
         return
-    report.counts["rows_kept"] += result.rows
+    report.add(result, "rows_kept")
     report.counts["rows_kept_records"] += 1
     report.pii.update(result.pii)
     report.length(result.data.get("num_tokens") or len(record_text(result).split()))

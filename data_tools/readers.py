@@ -88,11 +88,29 @@ def iter_json_rows(path: Path) -> Iterator[tuple[int, object]]:
         for line_no, line in enumerate(f, start=1):
             if not line.strip():
                 continue
+            text = line.rstrip("\r\n")
             try:
-                yield line_no, json.loads(line)
+                yield line_no, json.loads(text)
             except json.JSONDecodeError as err:
-                yield line_no, BadRow(f"not valid JSON ({err.msg} at column {err.colno})",
-                                      "invalid_json")
+                yield line_no, _invalid_json(text, err)
+
+
+class InvalidJson(BadRow):
+    """A line that does not parse; it carries the line's text, so quarantine.jsonl keeps it."""
+
+    def __init__(self, message: str, text: str):
+        super().__init__(message, "invalid_json")
+        self.text = text
+
+
+def _invalid_json(text: str, err: json.JSONDecodeError) -> InvalidJson:
+    """The reason names the real position. A line cut off mid-object fails where the text
+    ends; parsed with its line end, json would call that "line 2 column 1"."""
+    if err.pos >= len(text.rstrip()):
+        return InvalidJson(f"not valid JSON: the line ends at column {len(text)} before the "
+                           "JSON value is complete (cut off?); each line must be one whole "
+                           "JSON object", text)
+    return InvalidJson(f"not valid JSON ({err.msg} at column {err.colno})", text)
 
 
 def role_of(name, role_map, field: str | None = None) -> str:
@@ -167,8 +185,8 @@ def read_json_file(path: Path, fmt: str, cfg) -> Iterator[Record | Rejected]:
             kind, data = convert_json_row(fmt, obj, cfg)
             yield Record(kind, source, [line_no], data)
         except BadRow as err:
-            yield Rejected(source, [line_no], str(err),
-                           obj if not isinstance(obj, BadRow) else None, err.category, err.field)
+            raw = obj.text if isinstance(obj, InvalidJson) else obj
+            yield Rejected(source, [line_no], str(err), raw, err.category, err.field)
 
 
 # ----------------------------------------------------------------- CSV

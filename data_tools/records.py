@@ -7,6 +7,7 @@ conversation from a support-log CSV) carries all their line numbers.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 
 # a row that cannot be used, with its reason (raised by the format checks too)
@@ -24,8 +25,9 @@ class Record:
     source: str
     lines: list[int]
     data: dict
-    # set by cleaning: counts of the PII placeholders put in
-    pii: dict = field(default_factory=dict)
+    # set by cleaning: counts of the PII placeholders put in, summed over the messages (a
+    # Counter: its update() adds, where a dict's would keep only the last message's count)
+    pii: Counter = field(default_factory=Counter)
 
     @property
     def rows(self) -> int:

@@ -107,3 +107,10 @@ def test_ranking_to_pairs_all_and_adjacent_with_ties_and_margins():
     adjacent = ranking_pairs(ranking, "adjacent")
     assert [(p["chosen"][0]["content"], p["rejected"][0]["content"]) for p in adjacent] == \
         [("a", "b"), ("a", "c"), ("b", "d"), ("c", "d")]
+
+
+def test_pii_counts_add_up_over_the_messages_of_a_record(make_cfg):
+    # the same kind in two messages: 2 e-mails, not 1 (a dict.update overwrote the count)
+    rec = record(("user", "I am a@x.example, cc b@x.example"), ("assistant", "Mail c@x.example"))
+    out, _ = clean_record(rec, make_cfg())
+    assert isinstance(out, Record) and out.pii == {"email": 3}

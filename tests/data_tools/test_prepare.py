@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from pathlib import Path
 
 import pytest
 
@@ -63,7 +64,7 @@ def test_mixed_folder_to_training_sets(mixed_folder, make_cfg, tmp_path):
     assert rankings and all(len(r["responses"]) == 4 for r in rankings)
     assert summary["outputs"]["pairs"]["train"] >= 5 * len(rankings)
     assert (out / "datasets" / "sft").is_dir() and (out / "report.json").exists()
-    assert summary["files"][str(mixed_folder / "empty.jsonl")]["rows"] == 0
+    assert summary["files"][str(mixed_folder / "empty.jsonl")]["rows_read"] == 0
 
 
 def test_outputs_load_in_our_stages_and_trl(mixed_folder, make_cfg, tmp_path, cache_dir):
@@ -144,3 +145,14 @@ def test_cli_prints_the_summary(make_cfg, tmp_path, run_cli):
     report = json.loads((tmp_path / "o" / "report.json").read_text())
     assert report["dropped_by_reason"] == {"duplicate_exact": 1}
 
+
+
+def test_report_counts_rows_read_kept_and_quarantined_per_file(make_cfg, tmp_path):
+    a = write_jsonl(tmp_path / "a.jsonl", [conv("q1", "a1"), conv("q2", "a2"), "nope"])
+    b = write_jsonl(tmp_path / "b.jsonl", [conv("q1", "a1"), conv("q3", "a3")])  # 1 dup of a
+    summary = prepare(make_cfg(inputs=[{"path": str(a)}, {"path": str(b)}]))
+    files = json.loads((tmp_path / "out" / "report.json").read_text())["files"]
+    counts = {Path(f).name: (v["rows_read"], v["rows_kept"], v["rows_quarantined"])
+              for f, v in files.items()}
+    assert counts == {"a.jsonl": (3, 2, 1), "b.jsonl": (2, 1, 1)}
+    assert sum(c[0] for c in counts.values()) == summary["rows_read"]

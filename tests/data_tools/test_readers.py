@@ -119,3 +119,12 @@ def test_csv_with_missing_column_quarantines_every_row(tmp_path, make_cfg):
     records, rejected = read(path, make_cfg(), fmt="support_csv")
     assert not records and [r.lines for r in rejected] == [[2], [3]]
     assert "column(s) timestamp missing" in rejected[0].reason
+
+
+def test_a_cut_off_line_is_reported_where_it_ends_not_at_column_1(tmp_path, make_cfg):
+    cut = '{"messages": [{"role": "user", "content": "hi"'
+    path = write_jsonl(tmp_path / "cut.jsonl", [conv("q", "a"), cut])
+    _, (bad,) = read(path, make_cfg())
+    assert bad.lines == [2] and bad.category == "invalid_json"
+    assert f"the line ends at column {len(cut)}" in bad.reason and "column 1)" not in bad.reason
+    assert bad.raw == cut  # the text itself goes to quarantine.jsonl, not null
