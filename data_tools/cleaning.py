@@ -118,6 +118,36 @@ def check_format(record: Record, cfg) -> None:
         record.data = formats.pair_row(d)
 
 
+def pii_kinds(cfg) -> tuple[str, ...]:
+    """The PII kinds `pii.*` switches on (none when pii.enabled is false)."""
+    if not cfg.pii.enabled:
+        return ()
+    return tuple(k for k in ("email", "card", "ip", "phone") if getattr(cfg.pii, k))
+
+
+def scrub_value(value, kinds: tuple[str, ...]):
+    """Every string in a JSON-like value scrubbed, keys included: a rejected row may be any
+    shape (a CSV row, a half-cleaned record, the text of a line that does not parse)."""
+    if isinstance(value, str):
+        return scrub(value, kinds)[0]
+    if isinstance(value, dict):
+        return {scrub_value(k, kinds): scrub_value(v, kinds) for k, v in value.items()}
+    if isinstance(value, list):
+        return [scrub_value(v, kinds) for v in value]
+    return value
+
+
+def scrub_rejected(rejected: Rejected, cfg) -> Rejected:
+    """A rejected row as scrubbed as a kept one before it is written to quarantine.jsonl: its
+    row, and the values its reason quotes (a speaker name can be an e-mail address). Source,
+    line and field are left as they are, so the row can still be found in its file; the
+    positions a reason gives are the source file's."""
+    if kinds := pii_kinds(cfg):
+        rejected.raw = scrub_value(rejected.raw, kinds)
+        rejected.reason = scrub(rejected.reason, kinds)[0]
+    return rejected
+
+
 def token_count(record: Record, tokenizer) -> int:
     return sum(len(tokenizer(m["content"], add_special_tokens=False)["input_ids"])
                for m in _texts(record))
@@ -133,8 +163,7 @@ def clean_record(record: Record, cfg, tokenizer=None) -> tuple[Record | Rejected
             _rewrite(record, normalise_text, counter, "unicode_normalised")
         if record.kind == CONVERSATION:
             clean_conversation(record, cfg, counter)
-        if cfg.pii.enabled:
-            kinds = tuple(k for k in ("email", "card", "ip", "phone") if getattr(cfg.pii, k))
+        if kinds := pii_kinds(cfg):
             for msg in _texts(record):
                 msg["content"], found = scrub(msg["content"], kinds)
                 record.pii.update(found)

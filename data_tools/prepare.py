@@ -30,7 +30,7 @@ from typing import Iterator
 
 from omegaconf import OmegaConf
 
-from data_tools.cleaning import clean_record, first_user_text, record_text
+from data_tools.cleaning import clean_record, first_user_text, record_text, scrub_rejected
 from data_tools.config import DataToolsConfig
 from data_tools.convert import SETS, OutputWriter
 from data_tools.io import atomic_dir
@@ -94,11 +94,15 @@ def _process_chunk(chunk: list) -> list:
     out = []
     for item in chunk:
         if isinstance(item, Rejected):
-            out.append((item, Counter(), None, None))
-            continue
-        result, counter = clean_record(item, cfg, tokenizer)
+            result, counter = item, Counter()
+        else:
+            result, counter = clean_record(item, cfg, tokenizer)
         exact = near = None
-        if isinstance(result, Record):
+        if isinstance(result, Rejected):
+            # quarantine.jsonl is as free of PII as the kept rows (duplicates, rejected later,
+            # hold their record's already scrubbed text)
+            result = scrub_rejected(result, cfg)
+        else:
             text = record_text(result)
             exact = hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest()
             near = _minhash(text, cfg) if cfg.dedup.near else None

@@ -156,3 +156,29 @@ def test_report_counts_rows_read_kept_and_quarantined_per_file(make_cfg, tmp_pat
               for f, v in files.items()}
     assert counts == {"a.jsonl": (3, 2, 1), "b.jsonl": (2, 1, 1)}
     assert sum(c[0] for c in counts.values()) == summary["rows_read"]
+
+
+def test_quarantined_rows_are_scrubbed_of_pii_like_kept_rows(make_cfg, tmp_path):
+    email, card, ip = "jane.doe@example.com", "4111 1111 1111 1111", "192.168.0.12"
+    raw = write_jsonl(tmp_path / "pii.jsonl", [
+        conv("q", "a"),
+        f'{{"messages": [{{"role": "user", "content": "I am {email}"',           # cut off
+        {"messages": [{"role": "wizard", "content": f"card {card}"}]},          # unknown role
+        {"messages": [{"role": "assistant", "content": f"from {ip}"},           # role order
+                      {"role": "user", "content": email}]},
+    ])
+    (tmp_path / "log.csv").write_text("conversation_id,timestamp,speaker,text\n"
+                                      f"c1,1,{email},my card is {card}\n")     # speaker unknown
+    prepare(make_cfg(inputs=[{"path": str(raw)}, {"path": str(tmp_path / "log.csv")}],
+                     max_bad_share=1.0))
+    text = (tmp_path / "out" / "quarantine.jsonl").read_text()
+    assert email not in text and card not in text and ip not in text
+    assert "<EMAIL>" in text and "<CARD>" in text and "<IP>" in text
+    rows = read_jsonl(tmp_path / "out" / "quarantine.jsonl")
+    # where and why stay exact: source, line, field, category, and the position in the reason
+    assert [(q["line"], q["category"], q["field"]) for q in rows] == [
+        (2, "invalid_json", None), (3, "unknown_role", "messages[0].role"),
+        (4, "role_order", "messages"), (2, "unknown_role", None)]
+    cut = (tmp_path / "pii.jsonl").read_text().splitlines()[1]
+    assert f"the line ends at column {len(cut)}" in rows[0]["reason"]
+    assert rows[0]["row"] == cut.replace(email, "<EMAIL>")
