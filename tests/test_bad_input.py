@@ -82,6 +82,28 @@ def test_model_path_does_not_exist(run_stage, tmp_path):
     assert f"model.path={tmp_path}/no_model: no such directory" in message
 
 
+def test_wrong_model_path_builds_no_demo_model(run_stage, tmp_path):
+    """model=demo_tiny with a mistyped model.path: an error naming the field, not a random
+    tiny model built (and trained) there; nothing is written, the run directory included."""
+    message = run_stage.fails(["stage=sft", f"model.path={tmp_path}/typo", "debug=tiny"],
+                              tmp_path / "run")
+    assert message.startswith(f"model.path={tmp_path}/typo: no such directory"), message
+    assert "cache_dir" in message  # says where the demo model is built
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_demo_model_is_built_only_in_the_cache(run_stage, tmp_path, monkeypatch):
+    """A path in cache_dir (e.g. a second architecture) still builds the demo model there."""
+    from rlhf.models import loading
+
+    built = []
+    monkeypatch.setattr(loading, "ensure_demo_model", lambda path, spec: built.append(path))
+    cfg = run_stage.compose([f"model.path={run_stage.cache_dir}/demo_wide",
+                             "model.demo.hidden_size=64"])
+    loading.prepare_inputs(cfg)
+    assert built == [f"{run_stage.cache_dir}/demo_wide"]
+
+
 def test_bad_config_combination_stops_before_training(run_stage, tmp_path):
     message = run_stage.fails(["stage=sft", "stage.global_batch_size=30",
                                "stage.per_device_batch_size=8"], tmp_path / "run")

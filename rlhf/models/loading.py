@@ -18,15 +18,32 @@ CHECKPOINT_SUBDIR = "model"
 
 
 def prepare_inputs(cfg) -> None:
-    """Build the demo data and tiny model once (when the config asks for them)."""
+    """Check model.path, then build the demo data and tiny model once (when the config asks
+    for them). The path is checked first, so a wrong one stops before anything is written."""
     from omegaconf import OmegaConf
 
+    build_model = wants_demo_model(cfg)
     if cfg.data.demo is not None:
         ensure_demo_data(cfg.data.dir, OmegaConf.to_object(cfg.data.demo))
-    path = Path(cfg.model.path)
-    # build (or rebuild for a changed spec) unless `path` is a trained model, e.g. an SFT run
-    if cfg.model.demo is not None and (not path.exists() or (path / DEMO_MANIFEST).exists()):
-        ensure_demo_model(path, OmegaConf.to_object(cfg.model.demo))
+    if build_model:
+        ensure_demo_model(cfg.model.path, OmegaConf.to_object(cfg.model.demo))
+
+
+def wants_demo_model(cfg) -> bool:
+    """Whether to build (or rebuild, for a changed spec) the demo model at model.path.
+
+    Only inside cache_dir: anywhere else a path that does not exist is a typo, and building
+    there would train a random model without a word. A trained model (an SFT run) is kept."""
+    path = Path(cfg.model.path).expanduser()
+    in_cache = path.resolve().is_relative_to(Path(cfg.cache_dir).expanduser().resolve())
+    if cfg.model.demo is not None and in_cache:
+        return not path.exists() or (path / DEMO_MANIFEST).exists()
+    if cfg.model.demo is not None and not path.exists() and _looks_local(cfg.model.path):
+        raise ModelLoadError(f"model.path={cfg.model.path}: no such directory; give an existing "
+                             f"checkpoint directory (the demo model is built only in "
+                             f"cache_dir={cfg.cache_dir})")
+    resolve_model_path(cfg.model.path)
+    return False
 
 
 def _looks_local(path: str) -> bool:
