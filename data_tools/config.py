@@ -105,7 +105,8 @@ class DataToolsConfig:
     # worker processes for cleaning (0: in this process); records per chunk handed to one
     num_proc: int = 2
     chunk_size: int = 2000
-    # fail (after writing everything) when more than this share of rows is quarantined
+    # fail (after writing everything) when more than this share of any file's rows is
+    # quarantined (so of all rows too)
     max_bad_share: float = 0.5
     # also write each set as a `datasets` directory (out_dir/datasets/<set>)
     save_datasets: bool = True

@@ -33,6 +33,7 @@ from omegaconf import OmegaConf
 from data_tools.cleaning import clean_record, first_user_text, record_text, scrub_rejected
 from data_tools.config import DataToolsConfig
 from data_tools.convert import SETS, OutputWriter
+from data_tools.detect import resolve_format
 from data_tools.io import atomic_dir
 from data_tools.readers import read_file
 from data_tools.records import Record, Rejected, UnreadableFile
@@ -170,8 +171,11 @@ class Report:
         self.dropped = Counter()
         self.pii = Counter()
         self.cleaning = Counter()
-        self.files = {str(f): {"format": fmt, "rows_read": 0, "rows_kept": 0,
+        # per file: the format and columns it was read with, and its rows
+        self.files = {str(f): {"format": fmt.name, "chosen_by": fmt.chosen_by,
+                               "columns": fmt.columns, "rows_read": 0, "rows_kept": 0,
                                "rows_quarantined": 0} for f, fmt in files}
+        self.first_reason: dict[str, str] = {}  # per file, for the max_bad_share message
         self.lengths: list[int] = []  # a reservoir sample, so memory stays bounded
         self.rng = random.Random(0)
 
@@ -181,6 +185,9 @@ class Report:
         for counts in (self.counts, self.files[item.source]):
             counts["rows_read"] += item.rows
             counts[outcome] += item.rows
+        if isinstance(item, Rejected):
+            self.first_reason.setdefault(item.source, f"line {item.lines[0]}: {item.reason} "
+                                                      f"({item.category})")
 
     def length(self, n: int) -> None:
         seen = self.counts["rows_kept_records"]
@@ -233,7 +240,8 @@ def prepare(cfg) -> dict:
         # plain dataclasses: OmegaConf attribute access would cost more than the cleaning
         cfg = OmegaConf.to_object(cfg)
     out_dir = Path(cfg.out_dir)
-    files = input_files(cfg, out_dir)
+    # every file's format is settled before anything is read: an unclear one stops the run
+    files = [(path, resolve_format(path, fmt, cfg)) for path, fmt in input_files(cfg, out_dir)]
     report = Report(files)
     with atomic_dir(out_dir) as tmp:
         writer = OutputWriter(tmp, cfg)
@@ -251,12 +259,20 @@ def prepare(cfg) -> dict:
         (tmp / "report.json").write_text(json.dumps(summary, indent=1))
         if cfg.save_datasets:
             writer.save_datasets()
-    bad = summary["rows_quarantined"] / max(summary["rows_read"], 1)
-    if bad > cfg.max_bad_share:
-        raise PrepareError(f"{bad:.0%} of the {summary['rows_read']} rows were quarantined, more "
-                           f"than max_bad_share={cfg.max_bad_share}; the reasons are in "
-                           f"{out_dir / QUARANTINE}")
+    _check_bad_shares(summary, report, cfg.max_bad_share, out_dir / QUARANTINE)
     return summary
+
+
+def _check_bad_shares(summary: dict, report: Report, limit: float, quarantine: Path) -> None:
+    """max_bad_share per file (after everything is written): a file that is all bad rows is an
+    input read the wrong way, however many good rows the other files hold. The share over all
+    files, a weighted mean of these, is then within the limit too."""
+    for path, counts in summary["files"].items():
+        bad = counts["rows_quarantined"] / max(counts["rows_read"], 1)
+        if bad > limit:
+            raise PrepareError(f"{path}: {bad:.0%} of its {counts['rows_read']} rows were "
+                               f"quarantined, more than max_bad_share={limit}; the first, "
+                               f"{report.first_reason[path]}; all reasons are in {quarantine}")
 
 
 def _route(result, exact, near, dedup, writer, quarantine, report: Report, cfg) -> None:

@@ -1,6 +1,6 @@
 """Readers: raw files in, normalised `Record`s or `Rejected` rows out, one per input row.
 
-Formats (`format: auto` detects them from the extension and the first row):
+Formats (`format: auto` detects them: data_tools/detect.py):
   messages         JSONL/JSON, OpenAI style  {"messages": [{"role", "content"}, ...]}
   sharegpt         JSON/JSONL  {"conversations": [{"from": "human", "value": ...}, ...]}
   support_csv      CSV, one row per utterance: conversation id, timestamp, speaker, text
@@ -20,7 +20,6 @@ from __future__ import annotations
 import csv
 import gzip
 import io
-import itertools
 import json
 import sqlite3
 import sys
@@ -46,32 +45,6 @@ def open_text(path: Path, newline: str | None = None):
 def base_suffix(path: Path) -> str:
     suffixes = [s for s in path.suffixes if s != ".gz"]
     return suffixes[-1].lower() if suffixes else ""
-
-
-# ----------------------------------------------------------------- detection
-def detect_format(path: Path, cfg) -> str:
-    if base_suffix(path) == ".csv":
-        with open_text(path, newline="") as f:
-            header = next(csv.reader(f), [])
-        cols = cfg.formats.support_csv
-        if cols.conversation_id in header and cols.speaker in header:
-            return "support_csv"
-        return "prompt_response"
-    first = _first_json_object(path)
-    keys = set(first) if isinstance(first, dict) else set()
-    for fmt, needed in (("messages", {"messages"}), ("sharegpt", {"conversations"}),
-                        ("ranking", {"responses"}), ("pairwise", {"chosen", "rejected"})):
-        if needed <= keys:
-            return fmt
-    return "prompt_response"
-
-
-def _first_json_object(path: Path):
-    """The first row that parses decides the format (a malformed first line is a bad row)."""
-    for _, obj in itertools.islice(iter_json_rows(path), 1000):
-        if not isinstance(obj, BadRow):
-            return obj
-    return None
 
 
 # ----------------------------------------------------------------- JSON / JSONL rows
@@ -203,9 +176,8 @@ def _missing_columns(path: Path, needed: list[str]) -> tuple[list[str], list[str
     return [c for c in needed if c not in header], header
 
 
-def read_prompt_response_csv(path: Path, cfg) -> Iterator[Record | Rejected]:
-    cols = cfg.formats.prompt_response
-    missing, header = _missing_columns(path, [cols.prompt, cols.response])
+def read_prompt_response_csv(path: Path, cols: dict) -> Iterator[Record | Rejected]:
+    missing, header = _missing_columns(path, list(cols.values()))
     for line_no, row in _csv_rows(path):
         if missing:
             yield Rejected(str(path), [line_no], _missing_reason(missing, header,
@@ -213,8 +185,8 @@ def read_prompt_response_csv(path: Path, cfg) -> Iterator[Record | Rejected]:
                            "missing_column")
             continue
         yield Record(CONVERSATION, str(path), [line_no], {"messages": [
-            {"role": "user", "content": row[cols.prompt] or ""},
-            {"role": "assistant", "content": row[cols.response] or ""}]})
+            {"role": "user", "content": row[cols["prompt"]] or ""},
+            {"role": "assistant", "content": row[cols["response"]] or ""}]})
 
 
 def _missing_reason(missing, header, fmt) -> str:
@@ -222,7 +194,7 @@ def _missing_reason(missing, header, fmt) -> str:
             f"name the right ones with formats.{fmt}.<field>=<column>")
 
 
-def _timestamp(value: str) -> float:
+def parse_timestamp(value: str) -> float:
     value = (value or "").strip()
     try:
         return float(value)
@@ -230,12 +202,11 @@ def _timestamp(value: str) -> float:
         return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
 
 
-def read_support_csv(path: Path, cfg) -> Iterator[Record | Rejected]:
-    """Utterance rows grouped into conversations in timestamp order. Grouping goes through an
-    on-disk SQLite table, so memory stays bounded however large and interleaved the file is."""
-    cols = cfg.formats.support_csv
-    needed = [cols.conversation_id, cols.timestamp, cols.speaker, cols.text]
-    missing, header = _missing_columns(path, needed)
+def read_support_csv(path: Path, cols: dict, cfg) -> Iterator[Record | Rejected]:
+    """Utterance rows grouped into conversations in timestamp order (`cols`: field -> column).
+    Grouping goes through an on-disk SQLite table, so memory stays bounded however large and
+    interleaved the file is."""
+    missing, header = _missing_columns(path, list(cols.values()))
     with tempfile.NamedTemporaryFile(suffix=".sqlite") as tmp:
         db = sqlite3.connect(tmp.name)
         db.execute("CREATE TABLE u (conv TEXT, ts REAL, line INT, speaker TEXT, text TEXT, "
@@ -249,12 +220,12 @@ def read_support_csv(path: Path, cfg) -> Iterator[Record | Rejected]:
                 continue
             problem, ts = None, 0.0
             try:
-                ts = _timestamp(row[cols.timestamp])
+                ts = parse_timestamp(row[cols["timestamp"]])
             except (ValueError, TypeError):
-                problem = f"line {line_no}: timestamp {row[cols.timestamp]!r} is not a number " \
-                          "or an ISO date"
-            batch.append((row[cols.conversation_id], ts, line_no, row[cols.speaker],
-                           row[cols.text], problem))
+                problem = f"line {line_no}: timestamp {row[cols['timestamp']]!r} is not a " \
+                          "number or an ISO date"
+            batch.append((row[cols["conversation_id"]], ts, line_no, row[cols["speaker"]],
+                           row[cols["text"]], problem))
             if len(batch) >= 10_000:
                 db.executemany("INSERT INTO u VALUES (?,?,?,?,?,?)", batch)
                 batch = []
@@ -298,18 +269,15 @@ def _conversation(conv, turns, path: Path, cfg) -> Record | Rejected:
 
 
 # ----------------------------------------------------------------- dispatch
-def read_file(path: Path, fmt: str, cfg) -> Iterator[Record | Rejected]:
-    if fmt == "auto":
-        fmt = detect_format(path, cfg)
-    if fmt not in FORMATS:
-        raise UnreadableFile(f"{path}: unknown format {fmt!r}; use one of auto, "
-                             + ", ".join(FORMATS))
+def read_file(path: Path, fmt, cfg) -> Iterator[Record | Rejected]:
+    """The records of one file, read as `fmt` (a data_tools.detect.FileFormat: the format's
+    name and, for CSV formats, the file's column for each field)."""
     try:
-        if fmt == "support_csv":
-            yield from read_support_csv(path, cfg)
-        elif fmt == "prompt_response" and base_suffix(path) == ".csv":
-            yield from read_prompt_response_csv(path, cfg)
+        if fmt.name == "support_csv":
+            yield from read_support_csv(path, fmt.columns, cfg)
+        elif fmt.name == "prompt_response" and base_suffix(path) == ".csv":
+            yield from read_prompt_response_csv(path, fmt.columns)
         else:
-            yield from read_json_file(path, fmt, cfg)
+            yield from read_json_file(path, fmt.name, cfg)
     except (OSError, EOFError, gzip.BadGzipFile, csv.Error) as err:
-        raise UnreadableFile(f"{path}: cannot be read as {fmt} ({err})") from None
+        raise UnreadableFile(f"{path}: cannot be read as {fmt.name} ({err})") from None

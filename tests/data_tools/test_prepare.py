@@ -31,6 +31,8 @@ def mixed_folder(tmp_path, cache_dir):
         conv("where is my  order?", "Mail  orders@shop.example for help."),   # same once normalised
         '{"messages": [}',                                                     # malformed
         {"messages": []},                                                      # empty
+        # good rows, so that the file stays within max_bad_share (0.5, per file too)
+        *(conv(f"Can I return item {i}?", f"Yes, within {i + 10} days.") for i in range(4)),
     ])
     (raw / "log.csv").write_text(
         "conversation_id,timestamp,speaker,text\n"
@@ -119,8 +121,8 @@ def test_near_duplicates_are_caught(make_cfg, tmp_path):
 
 def test_too_many_bad_rows_fails_in_one_line_after_writing_everything(make_cfg, tmp_path):
     raw = write_jsonl(tmp_path / "bad.jsonl", ["nope", "nope", conv("q", "a")])
-    with pytest.raises(PrepareError, match=r"67% of the 3 rows were quarantined, more than "
-                                           r"max_bad_share=0.5"):
+    with pytest.raises(PrepareError, match=r"bad.jsonl: 67% of its 3 rows were quarantined, "
+                                           r"more than max_bad_share=0.5; the first, line 1: "):
         prepare(make_cfg(inputs=[{"path": str(raw)}]))
     assert len(read_jsonl(tmp_path / "out" / "quarantine.jsonl")) == 2
 
@@ -182,3 +184,32 @@ def test_quarantined_rows_are_scrubbed_of_pii_like_kept_rows(make_cfg, tmp_path)
     cut = (tmp_path / "pii.jsonl").read_text().splitlines()[1]
     assert f"the line ends at column {len(cut)}" in rows[0]["reason"]
     assert rows[0]["row"] == cut.replace(email, "<EMAIL>")
+
+
+def test_a_support_log_is_read_by_content_and_report_names_format_and_columns(make_cfg,
+                                                                               tmp_path):
+    from tests.data_tools.test_readers import SUPPORT_LOG
+
+    (tmp_path / "tickets.csv").write_text(SUPPORT_LOG)
+    good = write_jsonl(tmp_path / "good.jsonl", [conv(f"q{i}", f"a{i}") for i in range(20)])
+    summary = prepare(make_cfg(inputs=[{"path": str(tmp_path / "tickets.csv")},
+                                       {"path": str(good)}]))
+    assert summary["rows_quarantined"] == 0
+    report = json.loads((tmp_path / "out" / "report.json").read_text())["files"]
+    assert report[str(tmp_path / "tickets.csv")] == {
+        "format": "support_csv", "chosen_by": "content",
+        "columns": {"conversation_id": "ticket", "timestamp": "ts", "speaker": "who",
+                    "text": "message"},
+        "rows_read": 4, "rows_kept": 4, "rows_quarantined": 0}
+    assert report[str(good)]["format"] == "messages"
+
+
+def test_max_bad_share_applies_to_each_file_as_well_as_overall(make_cfg, tmp_path):
+    good = write_jsonl(tmp_path / "good.jsonl", [conv(f"q{i}", f"a{i}") for i in range(20)])
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"question": "q", "answer": "a"}] * 3)
+    with pytest.raises(PrepareError) as err:  # 3 of 23 rows overall, but all of bad.jsonl
+        prepare(make_cfg(inputs=[{"path": str(good)}, {"path": str(bad)}]))
+    message = str(err.value)
+    assert message.startswith(f"{bad}: 100% of its 3 rows were quarantined, more than "
+                              "max_bad_share=0.5; the first, line 1: no `prompt` field")
+    assert len(read_jsonl(tmp_path / "out" / "quarantine.jsonl")) == 3  # written all the same

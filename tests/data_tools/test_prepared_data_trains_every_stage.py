@@ -73,8 +73,10 @@ def test_rlhf_data_output_trains_sft_rm_dpo_and_grpo(mixed_folder, make_cfg, tmp
     from rlhf.data.rankings import load_pairs, load_rankings
 
     out = tmp_path / "out"
+    # rankings.jsonl is bad rows but one, on purpose: max_bad_share (per file too) is not the
+    # point here
     summary = prepare(make_cfg(inputs=[{"path": str(mixed_folder)}], num_proc=0,
-                               **{"split.eval": 0.25}))
+                               max_bad_share=1.0, **{"split.eval": 0.25}))
     assert summary["rows_read"] == summary["rows_kept"] + summary["rows_quarantined"]
     dropped = summary["dropped_by_reason"]
     assert dropped["ranking_needs_two_responses"] == 1 and dropped["ranking_all_tied"] == 2

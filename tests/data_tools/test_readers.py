@@ -5,20 +5,23 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from data_tools.readers import detect_format, read_file
-from data_tools.records import CONVERSATION, PAIR, RANKING, Record, Rejected
+import pytest
+
+from data_tools.detect import resolve_format
+from data_tools.readers import read_file
+from data_tools.records import CONVERSATION, PAIR, RANKING, Record, Rejected, UnreadableFile
 from tests.data_tools.conftest import conv, write_jsonl
 
 
 def read(path: Path, cfg, fmt="auto"):
-    items = list(read_file(path, fmt, cfg))
+    items = list(read_file(path, resolve_format(path, fmt, cfg), cfg))
     return [i for i in items if isinstance(i, Record)], [i for i in items if isinstance(i, Rejected)]
 
 
 def test_openai_messages_jsonl_gzip(tmp_path, make_cfg):
     path = write_jsonl(tmp_path / "a.jsonl.gz", [conv("hi", "hello"), conv("q", "a")], gz=True)
     records, rejected = read(path, make_cfg())
-    assert detect_format(path, make_cfg()) == "messages"
+    assert resolve_format(path, "auto", make_cfg()).name == "messages"
     assert [r.kind for r in records] == [CONVERSATION] * 2 and not rejected
     assert records[1].lines == [2] and records[1].data["messages"][0]["content"] == "q"
 
@@ -46,7 +49,7 @@ def test_support_csv_grouped_in_timestamp_order_with_roles(tmp_path, make_cfg):
     cfg = make_cfg(**{"formats.support_csv.conversation_id": "cid",
                       "formats.support_csv.timestamp": "when",
                       "formats.support_csv.speaker": "who", "formats.support_csv.text": "msg"})
-    assert detect_format(path, cfg) == "support_csv"
+    assert resolve_format(path, "auto", cfg).name == "support_csv"
     records, rejected = read(path, cfg)
     assert not rejected and len(records) == 2
     a = next(r for r in records if r.data["id"] == "A")
@@ -128,3 +131,47 @@ def test_a_cut_off_line_is_reported_where_it_ends_not_at_column_1(tmp_path, make
     assert bad.lines == [2] and bad.category == "invalid_json"
     assert f"the line ends at column {len(cut)}" in bad.reason and "column 1)" not in bad.reason
     assert bad.raw == cut  # the text itself goes to quarantine.jsonl, not null
+
+
+SUPPORT_LOG = ("ticket,ts,who,message\n"
+               "T1,2024-05-01T10:00:00Z,customer,Where is my order?\n"
+               "T2,2024-05-01T10:00:30Z,Customer,Can I pay by invoice?\n"
+               "T1,2024-05-01T10:01:10Z,agent,\"It ships tomorrow, from Oslo.\"\n"
+               "T2,2024-05-01T10:02:00Z,agent,Yes: choose Invoice at checkout.\n")
+
+
+EPOCH_LOG = ("message,who,ts,ticket,channel\n"  # numeric ids and times, one more column
+             "Where is my order?,customer,1714557600,1001,chat\n"
+             "Can I pay by invoice?,customer,1714557630,1002,chat\n"
+             "\"It ships tomorrow, from Oslo.\",agent,1714557670,1001,chat\n"
+             "Yes: choose Invoice at checkout.,agent,1714557720,1002,chat\n")
+
+
+@pytest.mark.parametrize("log", [SUPPORT_LOG, EPOCH_LOG])
+def test_a_support_log_with_other_column_names_is_detected_by_its_content(tmp_path, make_cfg,
+                                                                          log):
+    path = tmp_path / "tickets.csv"
+    path.write_text(log)
+    found = resolve_format(path, "auto", make_cfg())
+    assert (found.name, found.chosen_by) == ("support_csv", "content")
+    assert found.columns == {"conversation_id": "ticket", "timestamp": "ts", "speaker": "who",
+                             "text": "message"}
+    records, rejected = read(path, make_cfg())
+    assert not rejected and [r.data["messages"][1]["content"] for r in records] == \
+        ["It ships tomorrow, from Oslo.", "Yes: choose Invoice at checkout."]
+
+
+@pytest.mark.parametrize("drop,missing", [("ts", "timestamp"), ("who", "speaker")])
+def test_a_csv_of_unsure_shape_stops_with_the_support_csv_keys(tmp_path, make_cfg, drop,
+                                                                missing):
+    header = SUPPORT_LOG.splitlines()[0].split(",")
+    keep = [i for i, col in enumerate(header) if col != drop]
+    path = tmp_path / "tickets.csv"
+    path.write_text("".join(",".join(row[i] for i in keep) + "\n" for row in
+                            (line.split(",", 3) for line in SUPPORT_LOG.splitlines())))
+    with pytest.raises(UnreadableFile) as err:
+        resolve_format(path, "auto", make_cfg())
+    message = str(err.value)
+    assert message.startswith(f"{path}: ") and "format: support_csv" in message
+    assert f"formats.support_csv.{missing}=<column>" in message
+    assert "formats.support_csv.text=message" in message  # what could be told is filled in
