@@ -23,6 +23,7 @@ import hashlib
 import json
 import multiprocessing as mp
 import random
+import re
 import time
 from collections import Counter, deque
 from pathlib import Path
@@ -39,6 +40,7 @@ from data_tools.readers import read_file
 from data_tools.records import Record, Rejected, UnreadableFile
 
 QUARANTINE = "quarantine.jsonl"
+_WORD = re.compile(r"\w+")
 
 
 class PrepareError(Exception):
@@ -78,10 +80,12 @@ def _init_worker(cfg) -> None:
 
 
 def _minhash(text: str, cfg):
-    """MinHash of the record's word n-grams; the lean form travels back without permutations."""
+    """MinHash of the record's word n-grams; the lean form travels back without permutations.
+    Words are runs of letters and digits, so a record that differs only in spacing or
+    punctuation ("ship ?", "4 days , and") has the same shingles as the one it copies."""
     from datasketch import LeanMinHash
 
-    words = text.split()
+    words = _WORD.findall(text)
     n = cfg.dedup.shingle_words
     shingles = {" ".join(words[i:i + n]) for i in range(max(1, len(words) - n + 1))}
     mh = _WORKER["minhash"].copy()

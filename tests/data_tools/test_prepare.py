@@ -213,3 +213,18 @@ def test_max_bad_share_applies_to_each_file_as_well_as_overall(make_cfg, tmp_pat
     assert message.startswith(f"{bad}: 100% of its 3 rows were quarantined, more than "
                               "max_bad_share=0.5; the first, line 1: no `prompt` field")
     assert len(read_jsonl(tmp_path / "out" / "quarantine.jsonl")) == 3  # written all the same
+
+
+def test_near_duplicates_by_spacing_and_punctuation_are_caught_at_the_default_threshold(
+        make_cfg, tmp_path):
+    answer = ("Sure, the kettle ships in 4 days, and returns are free for 30 days. Anything "
+              "else I can help with today?")
+    respaced = answer.replace(",", " ,").replace(".", " .").replace("?", " ?")
+    unpunctuated = answer.replace(",", "").replace(".", ";")
+    raw = write_jsonl(tmp_path / "n.jsonl", [conv("When does the kettle ship?", answer),
+                                             conv("When does the kettle ship ?", respaced),
+                                             conv("When does the kettle ship", unpunctuated),
+                                             conv("What about the lamp?", "It ships in 6 days.")])
+    summary = prepare(make_cfg(inputs=[{"path": str(raw)}]))
+    assert summary["dropped_by_reason"] == {"duplicate_near": 2}
+    assert [q["line"] for q in read_jsonl(tmp_path / "out" / "quarantine.jsonl")] == [2, 3]
