@@ -55,7 +55,9 @@ class CleanConfig:
 @dataclass
 class DedupConfig:
     exact: bool = True
-    # MinHash LSH (datasketch) on word shingles of the whole record
+    # MinHash LSH (datasketch) on word shingles of the whole record (words without spacing
+    # and punctuation); 0.9: the lowest threshold at which >= 95% of the rows flagged are
+    # copies, on the demo and generated data (benchmarks/dedup_threshold.py, docs/data.md)
     near: bool = True
     threshold: float = 0.9
     num_perm: int = 64

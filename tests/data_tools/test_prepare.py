@@ -228,3 +228,14 @@ def test_near_duplicates_by_spacing_and_punctuation_are_caught_at_the_default_th
     summary = prepare(make_cfg(inputs=[{"path": str(raw)}]))
     assert summary["dropped_by_reason"] == {"duplicate_near": 2}
     assert [q["line"] for q in read_jsonl(tmp_path / "out" / "quarantine.jsonl")] == [2, 3]
+
+
+def test_dedup_benchmark_catches_every_spacing_and_punctuation_copy(tmp_path, make_cfg):
+    from benchmarks.dedup_threshold import generated_rows, measure
+
+    threshold = make_cfg().dedup.threshold
+    result = measure(generated_rows(200), 0.2, [threshold], tmp_path)[threshold]
+    assert result["copies"] == int(0.2 * result["distinct_rows"])
+    # only spacing and punctuation changed: the same words, so the same shingles
+    assert result["recall_by_kind"]["spacing"] == result["recall_by_kind"]["punctuation"] == 1.0
+    assert 0.0 <= result["precision"] <= 1.0 and 0.0 <= result["recall"] <= 1.0
