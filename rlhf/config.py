@@ -12,12 +12,14 @@ imported.
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, OmegaConf
 
 from data_tools.demo.generate import DemoSpec
 from rlhf.errors import ConfigError
@@ -51,6 +53,13 @@ class RMObjective(str, Enum):
 class PreferenceFormat(str, Enum):
     rankings = "rankings"  # data.rankings_*
     pairs = "pairs"  # data.pairs_*
+
+
+class PairSelection(str, Enum):
+    """Which pairs of a ranking a pairwise loss trains on (ties never give a pair)."""
+    all = "all"  # every C(K,2) pair
+    adjacent = "adjacent"  # neighbouring rank levels only
+    best = "best"  # the best answer(s) against each worse one (UltraFeedback's binarisation)
 
 
 class DPOReference(str, Enum):
@@ -258,6 +267,8 @@ class DPOStageConfig(OfflineStageConfig):
     reference_path: Optional[str] = None
     # pairs (data.pairs_*) or rankings (data.rankings_*) expanded to their non-tied pairs
     data_format: PreferenceFormat = PreferenceFormat.rankings
+    # with data_format=rankings: which of a ranking's pairs to train on
+    pairs: PairSelection = PairSelection.all
     heldout: HeldOutEvalConfig = field(default_factory=HeldOutEvalConfig)
 
 
@@ -403,11 +414,68 @@ def register_configs() -> None:
         cs.store(group=group, name="schema", node=node)
 
 
+def is_schema_option(option: str) -> bool:
+    """The ConfigStore entries above, which the YAML options extend: never a user's choice."""
+    return option == "schema" or option.endswith("_schema")
+
+
+# ---------------------------------------------------------------- keys no schema declares
+def check_declared(cfg: Any) -> None:
+    """Hydra lets `+key=value` add any key to a typed node: `+stage.learnig_rate=1e-4` (Hydra's
+    own hint for the typo) trained at the default rate with a dead key in config.yaml."""
+    declared, undeclared = key_tree(cfg)
+    if undeclared:
+        raise ConfigError(undeclared_message(undeclared[0], declared))
+
+
+def key_tree(node: Any, prefix: str = "") -> tuple[list[str], list[str]]:
+    """(declared, undeclared): the dotted keys below a composed config that its schemas declare
+    and those they do not. Free-form mappings (reward_funcs' kwargs, summary_columns) hold the
+    user's own keys and are not looked into, nor is what lies below an undeclared key."""
+    if node._is_none() or node._is_missing():
+        return [], []
+    if OmegaConf.is_list(node):
+        children = [(f"{prefix}[{i}]", node._get_node(i)) for i in range(len(node))]
+        declared, undeclared = [], []
+    else:
+        schema = OmegaConf.get_type(node)
+        if not dataclasses.is_dataclass(schema):
+            return [], []
+        fields = {f.name for f in dataclasses.fields(schema)}
+        paths = {key: f"{prefix}.{key}" if prefix else key for key in node}
+        declared = [paths[k] for k in node if k in fields]
+        undeclared = [paths[k] for k in node if k not in fields]
+        children = [(paths[k], node._get_node(k)) for k in node if k in fields]
+    for path, child in children:
+        if OmegaConf.is_config(child):
+            below = key_tree(child, path)
+            declared, undeclared = declared + below[0], undeclared + below[1]
+    return declared, undeclared
+
+
+def undeclared_message(key: str, declared: list[str]) -> str:
+    """One line naming the undeclared key and its nearest declared key (never its value)."""
+    from rlhf.tracking.secrets import is_secret_key  # rlhf.tracking imports this module
+
+    parent, _, name = key.rpartition(".")
+    if is_secret_key(name):
+        return (f"{key} is not a setting: secrets are read from the environment (WANDB_API_KEY "
+                "or `wandb login`, HF_TOKEN), never from the config, which is saved with the run")
+    near = difflib.get_close_matches(key, declared, n=1, cutoff=0.75) or \
+        [k for k in declared if k.rpartition(".")[2] == name]  # right name, wrong group
+    if near:
+        return f"{key} is not a setting; did you mean {near[0]}?"
+    siblings = [k.rpartition(".")[2] for k in declared if k.rpartition(".")[0] == parent]
+    return f"{key} is not a setting; {parent or 'the top level'} has {', '.join(siblings)}"
+
+
+# ---------------------------------------------------------------- cross-field checks
 def validate(cfg: Any, world: int | None = None) -> None:
     """Cross-field checks; each error (a ValueError) names the field and how to fix it.
 
     `world` is the number of ranks when already inside torchrun/srun; otherwise the ranks
     that `rlhf` will start (distributed.nproc_per_node)."""
+    check_declared(cfg)
     world = world or cfg.distributed.nproc_per_node
     stage = cfg.stage
     if stage.name == "pipeline" and not cfg.pipeline.steps:
@@ -500,6 +568,10 @@ def validate_dpo(stage: Any, model: Any) -> None:
     if stage.beta <= 0:
         raise ConfigError(f"stage.beta={stage.beta} must be positive (it scales the implied "
                           "reward; ipo and sppo_hard divide by it)")
+    if stage.pairs != PairSelection.all and stage.data_format == PreferenceFormat.pairs:
+        raise ConfigError(f"stage.pairs={stage.pairs.value} chooses among a ranking's pairs, but "
+                          "stage.data_format=pairs reads pairs as they are; drop stage.pairs or "
+                          "use stage.data_format=rankings")
     if stage.sft_weight and (stage.loss_type in REFERENCE_FREE_LOSSES
                              or stage.loss_type == "sft"):
         raise ConfigError(f"stage.sft_weight={stage.sft_weight} adds an NLL term to a preference "

@@ -94,12 +94,75 @@ def test_batch_not_divisible_is_a_clear_config_error():
         validate(cfg)
 
 
-def test_typo_fails_before_any_model_is_loaded(run_cli, tmp_path):
-    result = run_cli(["stage=sft", "stage.learnig_rate=1e-4"], cwd=tmp_path)
-    assert result.returncode != 0
-    assert "Key 'learnig_rate' not in 'SFTStageConfig'" in result.output
-    assert "Loading weights" not in result.output and "Traceback" not in result.output
-    assert not (tmp_path / "outputs").exists()  # nothing ran
+# ---------------------------------------------------------------- keys no schema declares
+@pytest.mark.parametrize("override,message", [
+    # Hydra's own hint for a typo ("To append to your config use +...") ran at the default
+    ("+stage.learnig_rate=1e-4", "stage.learnig_rate is not a setting; did you mean "
+                                 "stage.learning_rate?"),
+    ("+stage.dtype=bfloat16", "stage.dtype is not a setting; did you mean model.dtype?"),
+    ("+stage.heldout.max_prompts=5", "stage.heldout is not a setting; stage has name, seed, "),
+    ("+logger.api_key=abc123", "logger.api_key is not a setting: secrets are read from the "
+                               "environment"),
+    ("+learnig=3", "learnig is not a setting; the top level has stage, model, "),
+    ("++model.lora.rank=8", "model.lora.rank is not a setting; did you mean model.lora.r?"),
+])
+def test_undeclared_key_is_rejected_naming_the_nearest(override, message):
+    cfg = composed(["stage=sft", override])
+    with pytest.raises(ConfigError) as err:
+        validate(cfg)
+    assert str(err.value).startswith(message), str(err.value)
+    assert "abc123" not in str(err.value)  # the value is never echoed
+
+
+def test_free_form_keys_are_the_users_own():
+    """reward_funcs' kwargs and summary_columns are not schema fields: any key passes."""
+    cfg = composed(["stage=grpo", "stage.reward_funcs=[{_target_: a.b, any_kwarg: 1}]",
+                    "+pipeline.summary_columns.loss=eval/loss"])
+    validate(cfg)
+
+
+def _error_line(result) -> str:
+    lines = [l for l in result.output.splitlines() if l.strip()]
+    assert len(lines) == 1, result.output
+    assert result.returncode == 2 and lines[0].startswith("rlhf: error: "), result.output
+    return lines[0][len("rlhf: error: "):]
+
+
+@pytest.mark.parametrize("args,expected", [
+    # with and without +: the same one line naming the nearest declared key
+    (["stage.learnig_rate=1e-4"], "stage.learnig_rate is not a setting; did you mean "
+                                  "stage.learning_rate?"),
+    (["+stage.learnig_rate=1e-4"], "stage.learnig_rate is not a setting; did you mean "
+                                   "stage.learning_rate?"),
+    (["+logger.api_key=abc123"], "logger.api_key is not a setting: secrets are read from the "
+                                 "environment"),
+    # only real options, never the *_schema entries behind them
+    (["stage=fooo"], "stage=fooo: no such option; choose one of dpo, eval, grpo, pipeline, "
+                     "rloo, rm, sft"),
+    (["model=qwen"], "model=qwen: no such option; choose one of demo_tiny, qwen2_5_0_5b"),
+    (["stage.learning_rate=fast"], "stage.learning_rate=fast: Value 'fast' of type 'str' could "
+                                   "not be converted to Float; e.g. stage.learning_rate=2e-05"),
+    (["distributed.precision=fp8"], "distributed.precision=fp8: Invalid value 'fp8', expected "
+                                    "one of [fp32, bf16, fp16]"),
+    (["stage.learning_rate=1e-4,3e-4"], "Ambiguous value for argument "),
+    # a sweep checks every value of every swept key, before its first run
+    (["-m", "stage.learning_rate=1e-4,fast", "stage.seed=1,2"],
+     "stage.learning_rate=fast: Value 'fast'"),
+    (["-m", "stage=sft,fooo"], "stage=fooo: no such option"),
+    (["stage=sft", "+stage.learnig_rate=1e-4", "--cfg", "job"], "stage.learnig_rate is not"),
+])
+def test_config_error_is_one_line(run_cli, tmp_path, args, expected):
+    """The real `rlhf`: one line naming the key and the fix, exit code 2, nothing written."""
+    line = _error_line(run_cli(args, cwd=tmp_path))
+    assert line.startswith(expected), line
+    assert "_schema" not in line and "abc123" not in line
+    assert list(tmp_path.iterdir()) == []  # no outputs/ or multirun/: nothing ran
+
+
+def test_full_hydra_error_on_request(run_cli, tmp_path):
+    result = run_cli(["stage=fooo"], cwd=tmp_path, env={"HYDRA_FULL_ERROR": "1"})
+    assert result.returncode != 0 and "Traceback" in result.output
+    assert "Could not find 'stage/fooo'" in result.output
 
 
 def test_help_and_cfg_job(run_cli, tmp_path):

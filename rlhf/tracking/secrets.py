@@ -15,10 +15,15 @@ _SECRET_VALUE = re.compile(f"^{_SECRET_TEXT}$")
 _SECRET_IN_TEXT = re.compile(_SECRET_TEXT)
 
 
+def is_secret_key(name: str) -> bool:
+    """A key whose value is a secret (`hf_token`, `api_key`), by its last part."""
+    return bool(_SECRET_KEY.search(name))
+
+
 def redact(node):
     """Return a copy of a plain dict/list config tree with secret values replaced by ***."""
     if isinstance(node, dict):
-        return {k: (REDACTED if _SECRET_KEY.search(str(k)) and node[k] not in (None, "")
+        return {k: (REDACTED if is_secret_key(str(k)) and node[k] not in (None, "")
                     else redact(v)) for k, v in node.items()}
     if isinstance(node, list):
         return [redact(v) for v in node]
@@ -30,6 +35,6 @@ def redact(node):
 def redact_arg(arg: str) -> str:
     """A command-line override with secrets removed: `hf_token=...` or any credential inside."""
     key, sep, value = arg.partition("=")
-    if sep and _SECRET_KEY.search(key.split(".")[-1].lstrip("+~")):
+    if sep and is_secret_key(key.split(".")[-1].lstrip("+~")):
         return f"{key}={REDACTED}"
     return _SECRET_IN_TEXT.sub(REDACTED, arg)
