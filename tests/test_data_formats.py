@@ -201,3 +201,26 @@ def test_rlhf_data_and_the_stages_reject_the_same_rows(name, tmp_path):
                                                                 "quarantine.jsonl")}
     assert quarantine == stage  # the same rows, for the same reasons
     assert summary["rows_kept"] == len(RAW[name]) - len(stage) > 0
+
+
+@pytest.mark.parametrize("newline", ["\n", "\r\n"])
+def test_a_cut_off_line_is_reported_where_it_ends(newline, tmp_path):
+    """Parsed with its line end, a truncated line was "column 1" (of the next line)."""
+    from rlhf.data.loading import load_conversations
+    from rlhf.errors import DataError
+
+    whole = json.dumps({"messages": [{"role": "user", "content": "Hi"},
+                                     {"role": "assistant", "content": "Hello"}]})
+    cut = whole[:30]
+    path = tmp_path / "sft.jsonl"
+    path.write_bytes((whole + newline + cut + newline + "{oops}" + newline).encode())
+    with pytest.raises(DataError) as info:
+        load_conversations(str(path), bad_rows_dir=tmp_path)
+    assert str(info.value).startswith(
+        f"{path}:2: not valid JSON: the line ends at column {len(cut)} before the JSON value "
+        "is complete (cut off?)")
+    bad = [json.loads(line) for line in open(tmp_path / "bad_rows.jsonl")]
+    assert [b["category"] for b in bad] == ["invalid_json", "invalid_json"]
+    # an error inside the line keeps its own column
+    assert bad[1]["reason"].startswith(f"{path}:3: not valid JSON (Expecting property name "
+                                       "enclosed in double quotes at column 2)")

@@ -45,13 +45,26 @@ def iter_rows(path: str) -> Iterator[tuple[str, object]]:
                 continue
             seen_any = True
             where = f"{path}:{line_no}"
+            # without its line end: json would place a cut-off line's error at "line 2
+            # column 1", the start of the next line
+            text = line.rstrip("\r\n")
             try:
-                yield where, json.loads(line)
+                yield where, json.loads(text)
             except json.JSONDecodeError as err:
-                yield where, DataError(f"{where}: not valid JSON ({err.msg} at column {err.colno});"
-                                       " each line must be one JSON object")
+                yield where, invalid_json(where, text, err)
     if not seen_any:
         raise DataError(f"{path}: the file is empty; it must hold one JSON object per line")
+
+
+def invalid_json(where: str, text: str, err: json.JSONDecodeError) -> DataError:
+    """The reason names the real position; a line cut off mid-object (a copy or a write that
+    stopped) fails where its text ends, said as such (as data_tools/readers.py says it)."""
+    if err.pos >= len(text.rstrip()):
+        return DataError(f"{where}: not valid JSON: the line ends at column {len(text)} before "
+                         "the JSON value is complete (cut off?); each line must be one whole "
+                         "JSON object")
+    return DataError(f"{where}: not valid JSON ({err.msg} at column {err.colno}); each line "
+                     "must be one JSON object")
 
 
 def load_checked(path: str, check, max_rows: int | None, bad_rows_dir: Path | None) -> list:
