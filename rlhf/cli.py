@@ -24,9 +24,9 @@ from rlhf.config import check_declared, is_schema_option, register_configs
 from rlhf.distributed import export_slurm_env, inside_distributed, world_size
 from rlhf.distributed.launch import launch_ranks, needs_launch
 from rlhf.errors import ConfigError, UserError
-from rlhf.runs import read_metrics, run_dir
+from rlhf.runs import read_metrics, redact_hydra_files, run_dir
 from rlhf.stages import STAGES, check, run_here  # noqa: F401  (STAGES: the registry)
-from rlhf.tracking.secrets import redact_arg
+from rlhf.tracking.secrets import redact_text
 
 # stages that run in one process whatever distributed.nproc_per_node says (the pipeline's
 # steps start their own ranks; evaluation generates on one device)
@@ -59,6 +59,7 @@ def main() -> None:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name=CONFIG_NAME)
 def app(cfg: DictConfig) -> dict:
+    redact_hydra_files()  # first: whatever happens next, they hold no secret
     export_slurm_env()  # under srun, speak torchrun's variables from here on
     try:
         check(cfg, world_size() if inside_distributed() else None)
@@ -133,7 +134,7 @@ def compose_checked(name: str, overrides: list[str]):
     try:
         return compose(name, overrides)
     except (HydraException, OmegaConfBaseException) as err:
-        raise ConfigError(redact_arg(compose_error(err, name, overrides))) from None
+        raise ConfigError(redact_text(compose_error(err, name, overrides))) from None
 
 
 def compose_error(err: Exception, name: str, overrides: list[str]) -> str:

@@ -4,6 +4,7 @@ rlhf_run_dir/
   model/          Hugging Face checkpoint (safetensors + tokenizer with chat template)
   metrics.json    final metrics, flat `{"eval/loss": 1.23, ...}`
   config.yaml     the resolved config (secrets redacted)
+  .hydra/         Hydra's record of the run (config, hydra.yaml, overrides), secrets redacted
 """
 
 from __future__ import annotations
@@ -14,10 +15,11 @@ import os
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import OmegaConf
 
 from data_tools.io import atomic_write_text
-from rlhf.tracking.secrets import redact
+from rlhf.tracking.secrets import redact, redact_saved
 
 # set by a parent process (pipeline, launcher) so children and ranks share one directory
 RUN_DIR_ENV = "RLHF_RUN_DIR"
@@ -36,6 +38,28 @@ def resolved_config(cfg) -> dict:
 
 def save_config(cfg, out: Path) -> None:
     atomic_write_text(out / "config.yaml", OmegaConf.to_yaml(resolved_config(cfg)))
+
+
+def hydra_files() -> list[Path]:
+    """What Hydra wrote for this job before running it: .hydra/{config,hydra,overrides}.yaml
+    (none in ranks, started with hydra.output_subdir=null) and a sweep's multirun.yaml."""
+    hydra_cfg = HydraConfig.get()
+    files = []
+    if hydra_cfg.output_subdir is not None:
+        subdir = Path(hydra_cfg.runtime.output_dir) / hydra_cfg.output_subdir
+        files += [subdir / name for name in ("config.yaml", "hydra.yaml", "overrides.yaml")]
+    if hydra_cfg.mode == RunMode.MULTIRUN:
+        files.append(Path(hydra_cfg.sweep.dir) / "multirun.yaml")
+    return [f for f in files if f.exists()]
+
+
+def redact_hydra_files() -> None:
+    """Rewrite Hydra's own files with secrets redacted, as config.yaml is: Hydra saves the
+    config and the command line as given (an api_key, an hf_ token in logger.tags) before
+    the job starts, and offers no hook in between."""
+    for path in hydra_files():
+        tree = redact_saved(OmegaConf.to_container(OmegaConf.load(path), resolve=False))
+        atomic_write_text(path, OmegaConf.to_yaml(OmegaConf.create(tree)))
 
 
 def write_metrics(out: Path, metrics: dict) -> None:

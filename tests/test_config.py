@@ -396,3 +396,35 @@ def test_reference_free_losses_have_their_trl_trainers():
     assert "simpo" in {f.name: f for f in dataclasses.fields(cpo_config)}["loss_type"] \
         .metadata["choices"]
     assert orpo_classes() and set(REFERENCE_FREE_LOSSES) == {"simpo", "orpo"}
+
+
+# ---------------------------------------------------------------- secrets in Hydra's files
+HF_TOKEN = "hf_" + "a1B2c3D4e5F6g7H8i9J0k1L2"  # credential-shaped
+API_KEY = "s3cret-api-key-value"  # secret by its key only
+SECRET_RUN = ["stage=grpo", f"logger.tags=[ci,{HF_TOKEN}]",
+              f"stage.reward_funcs=[{{_target_: rlhf.rewards.length.LengthPenalty, "
+              f"api_key: {API_KEY}}}]",
+              "stage.num_generations=1"]  # rejected by validate(), after Hydra wrote its files
+
+
+@pytest.mark.parametrize("args,env", [
+    (["hydra.run.dir=run", *SECRET_RUN], {}),
+    (["-m", "hydra.sweep.dir=sweep", "stage.seed=1,2", *SECRET_RUN], {}),
+    # the check of undeclared keys left to the app: Hydra has written the key first
+    (["hydra.run.dir=run", "+logger.api_key=" + API_KEY, *SECRET_RUN],
+     {"HYDRA_FULL_ERROR": "1"}),
+])
+def test_no_file_holds_a_secret(run_cli, tmp_path, args, env):
+    """.hydra/{config,hydra,overrides}.yaml and a sweep's multirun.yaml are redacted like
+    config.yaml, even when the run stops at once."""
+    result = run_cli(args, cwd=tmp_path, env=env)
+    assert result.returncode != 0, result.output
+    written = [p for p in tmp_path.rglob("*") if p.is_file()]
+    names = {p.relative_to(tmp_path).as_posix() for p in written}
+    assert {".hydra/config.yaml", ".hydra/hydra.yaml", ".hydra/overrides.yaml"} <= \
+        {n.split("/", 1)[1].removeprefix("0_grpo/") for n in names}, names
+    for path in written:
+        text = path.read_text()
+        assert HF_TOKEN not in text and API_KEY not in text, path
+    overrides = OmegaConf.load(next(p for p in written if p.name == "overrides.yaml"))
+    assert "logger.tags=[ci,***]" in overrides and "stage.num_generations=1" in overrides
