@@ -371,7 +371,8 @@ class LoggerConfig:
     backend: LoggerBackend = LoggerBackend.none
     project: str = "rlhf"
     entity: Optional[str] = None
-    # W&B group; defaults to experiment_name, so all runs of an experiment or sweep group
+    # W&B group; defaults to experiment_name (all runs of an experiment), and for a run of a
+    # local sweep (`rlhf -m`) to the sweep directory's name (each sweep a group of its own)
     group: Optional[str] = None
     tags: List[str] = field(default_factory=list)
     mode: WandbMode = WandbMode.auto

@@ -40,6 +40,24 @@ def save_config(cfg, out: Path) -> None:
     atomic_write_text(out / "config.yaml", OmegaConf.to_yaml(resolved_config(cfg)))
 
 
+def sweep_dir(out: Path) -> Path | None:
+    """The sweep (`rlhf -m`) that a run directory belongs to: the nearest directory above it
+    holding Hydra's multirun.yaml. Found from the directory, so that a sweep's ranks (started
+    as plain runs) and its pipelines' steps know it too."""
+    return next((p for p in Path(out).resolve().parents if (p / "multirun.yaml").exists()), None)
+
+
+def swept_overrides(out: Path, sweep: Path) -> list[str]:
+    """(`sweep` as sweep_dir gives it.) The overrides that set this job of a sweep apart (`stage.learning_rate=0.001`): its own
+    (.hydra/overrides.yaml of its job directory) that the sweep's command line lacks."""
+    job = sweep / Path(out).resolve().relative_to(sweep).parts[0]
+    own = job / ".hydra" / "overrides.yaml"
+    if not own.exists():  # hydra.output_subdir=null
+        return []
+    shared = OmegaConf.load(sweep / "multirun.yaml").hydra.overrides.task
+    return [o for o in OmegaConf.load(own) if o not in shared]
+
+
 def hydra_files() -> list[Path]:
     """What Hydra wrote for this job before running it: .hydra/{config,hydra,overrides}.yaml
     (none in ranks, started with hydra.output_subdir=null) and a sweep's multirun.yaml."""

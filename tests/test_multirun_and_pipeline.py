@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 from omegaconf import OmegaConf
 
@@ -47,3 +48,46 @@ def test_demo_pipeline_runs_every_step_and_summarises(run_cli, tmp_path):
     samples = [json.loads(l) for l in open(run_dir / "sft_eval" / "samples.jsonl")]
     assert {"greedy", "sampled"} <= set(samples[0]["answers"])
     assert 0.0 <= samples[0]["scores"]["greedy"]["total"] <= 1.0
+
+
+class _FakeWandb:
+    """Records what `wandb.init` is given (in sys.modules instead of wandb)."""
+
+    def __init__(self):
+        self.inits = []
+
+    def init(self, **kwargs):
+        self.inits.append(kwargs)
+
+
+def _sweep_job(sweep, job: str, own: list[str], shared: list[str]):
+    """A job directory of a sweep, with the files Hydra writes (multirun.yaml, overrides)."""
+    sweep.mkdir(exist_ok=True)
+    OmegaConf.save({"hydra": {"overrides": {"task": shared}}}, sweep / "multirun.yaml")
+    (sweep / job / ".hydra").mkdir(parents=True)
+    OmegaConf.save(own, sweep / job / ".hydra" / "overrides.yaml")
+    return sweep / job
+
+
+def test_each_sweep_is_its_own_wandb_group(run_stage, tmp_path, monkeypatch):
+    """`rlhf -m` runs share no W&B group with other sweeps or with plain runs (all were
+    'default'), and each is named by its swept overrides."""
+    from rlhf.tracking.wandb_tracker import WandbTracker
+
+    fake = _FakeWandb()
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    shared = ["stage=sft", "debug=tiny", "stage.learning_rate=1e-3,2e-3"]
+    job = _sweep_job(tmp_path / "2025-01-02_03-04-05", "1_sft",
+                     ["stage=sft", "debug=tiny", "stage.learning_rate=2e-3"], shared)
+    for out, extra in [(job, []), (job, ["logger.group=mine"]), (job / "sft", []),
+                       (tmp_path / "plain", [])]:
+        out.mkdir(exist_ok=True)
+        WandbTracker(run_stage.compose(["logger=wandb", "logger.mode=offline", *extra]), out)
+    sweep_run, named_group, pipeline_step, plain = fake.inits
+    assert sweep_run["group"] == "2025-01-02_03-04-05"
+    assert sweep_run["name"] == "1_sft stage.learning_rate=2e-3"
+    assert named_group["group"] == "mine"
+    # a pipeline's step (or a rank) below a sweep's job belongs to the sweep too
+    assert pipeline_step["group"] == "2025-01-02_03-04-05"
+    assert pipeline_step["name"] == "1_sft/sft stage.learning_rate=2e-3"
+    assert plain["group"] == "default" and plain["name"] == "default-sft-plain"

@@ -1,5 +1,5 @@
-"""Weights & Biases tracking: project, group = experiment (or sweep), job_type = stage,
-the resolved config (secrets redacted) as the run config, the same run id on resume."""
+"""Weights & Biases tracking: project, group = experiment (or the sweep's directory), job_type =
+stage, the resolved config (secrets redacted) as the run config, the same run id on resume."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import uuid
 from pathlib import Path
 
 from rlhf.config import WandbMode
-from rlhf.runs import resolved_config
+from rlhf.runs import resolved_config, sweep_dir, swept_overrides
 from rlhf.tracking.secrets import redact, redact_arg
 
 RUN_ID_FILE = "wandb_run_id"
@@ -33,6 +33,19 @@ def resolve_mode(mode: WandbMode) -> str:
     return "online" if has_api_key() else "offline"
 
 
+def run_group_and_name(cfg, out: Path) -> tuple[str, str]:
+    """logger.group, else the experiment; a job of a local sweep (`rlhf -m`) is grouped by its
+    sweep directory instead, so that a sweep shares its group with no other run, and named
+    by what sets it apart: `1_sft stage.learning_rate=0.002`."""
+    sweep = sweep_dir(out)
+    if sweep is None:
+        return (cfg.logger.group or cfg.experiment_name,
+                f"{cfg.experiment_name}-{cfg.stage.name}-{out.name}")
+    where = Path(out).resolve().relative_to(sweep).as_posix()
+    name = " ".join([where, *swept_overrides(out, sweep)])
+    return cfg.logger.group or sweep.name, name
+
+
 class WandbTracker:
     def __init__(self, cfg, out: Path):
         self.mode = resolve_mode(cfg.logger.mode)
@@ -50,10 +63,10 @@ class WandbTracker:
     def _init(self, cfg, out: Path, run_id: str):
         import wandb
 
+        group, name = run_group_and_name(cfg, out)
         return wandb.init(
             project=cfg.logger.project, entity=cfg.logger.entity,
-            group=cfg.logger.group or cfg.experiment_name, job_type=cfg.stage.name,
-            name=f"{cfg.experiment_name}-{cfg.stage.name}-{out.name}",
+            group=group, job_type=cfg.stage.name, name=name,
             tags=redact(list(cfg.logger.tags)),
             config=resolved_config(cfg), dir=str(out), mode=self.mode, id=run_id,
             # a pipeline's steps may run in its process, each with its own run beside the
