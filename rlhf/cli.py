@@ -24,6 +24,7 @@ from rlhf.config import check_declared, is_schema_option, register_configs
 from rlhf.distributed import export_slurm_env, inside_distributed, world_size
 from rlhf.distributed.launch import launch_ranks, needs_launch
 from rlhf.errors import ConfigError, UserError
+from rlhf.models.loading import check_model_path
 from rlhf.runs import read_metrics, redact_hydra_files, run_dir
 from rlhf.stages import STAGES, check, run_here  # noqa: F401  (STAGES: the registry)
 from rlhf.tracking.secrets import redact_text
@@ -83,7 +84,8 @@ def exit_with(err: UserError) -> None:
 
 # ---------------------------------------------------------------- the command line, checked
 def check_command_line(argv: list[str]) -> None:
-    """Compose every job's config as Hydra will, and reject keys no schema declares."""
+    """Compose every job's config as Hydra will, reject keys no schema declares and a model.path
+    that does not exist."""
     # Hydra's own parser (hydra.main parses argv with it), so flags mean what they mean there
     from hydra._internal.utils import get_args_parser
 
@@ -93,7 +95,20 @@ def check_command_line(argv: list[str]) -> None:
         return  # no job config to check, or one from elsewhere: Hydra's own handling
     name = args.config_name or CONFIG_NAME
     for overrides in job_overrides(args.overrides, args.multirun):
-        check_declared(compose_checked(name, overrides))
+        cfg = compose_checked(name, overrides)
+        check_declared(cfg)
+        if not (args.cfg or args.info):  # a job will run: stop before Hydra makes its directory
+            check_paths(cfg)
+
+
+def check_paths(cfg) -> None:
+    """A model.path that does not exist; resolving it may fail too (an unset ${oc.env:...})."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        check_model_path(cfg)
+    except OmegaConfBaseException as err:
+        raise ConfigError(one_line(err)) from None
 
 
 def job_overrides(overrides: list[str], multirun: bool) -> list[list[str]]:

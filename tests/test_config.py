@@ -150,6 +150,9 @@ def _error_line(result) -> str:
      "stage.learning_rate=fast: Value 'fast'"),
     (["-m", "stage=sft,fooo"], "stage=fooo: no such option"),
     (["stage=sft", "+stage.learnig_rate=1e-4", "--cfg", "job"], "stage.learnig_rate is not"),
+    # checked before Hydra makes the run directory (and builds no demo model there)
+    (["model.path=/nonexistent/typo", "debug=tiny"], "model.path=/nonexistent/typo: no such "
+                                                     "directory"),
 ])
 def test_config_error_is_one_line(run_cli, tmp_path, args, expected):
     """The real `rlhf`: one line naming the key and the fix, exit code 2, nothing written."""

@@ -22,18 +22,20 @@ def prepare_inputs(cfg) -> None:
     for them). The path is checked first, so a wrong one stops before anything is written."""
     from omegaconf import OmegaConf
 
-    build_model = wants_demo_model(cfg)
+    build_model = check_model_path(cfg)
     if cfg.data.demo is not None:
         ensure_demo_data(cfg.data.dir, OmegaConf.to_object(cfg.data.demo))
     if build_model:
         ensure_demo_model(cfg.model.path, OmegaConf.to_object(cfg.model.demo))
 
 
-def wants_demo_model(cfg) -> bool:
-    """Whether to build (or rebuild, for a changed spec) the demo model at model.path.
+def check_model_path(cfg) -> bool:
+    """Raise for a model.path that does not exist; return whether to build (or rebuild, for a
+    changed spec) the demo model there.
 
-    Only inside cache_dir: anywhere else a path that does not exist is a typo, and building
-    there would train a random model without a word. A trained model (an SFT run) is kept."""
+    The demo model is built only inside cache_dir: anywhere else a path that does not exist is
+    a typo, and building there would train a random model without a word. A trained model
+    (an SFT run) is kept."""
     path = Path(cfg.model.path).expanduser()
     in_cache = path.resolve().is_relative_to(Path(cfg.cache_dir).expanduser().resolve())
     if cfg.model.demo is not None and in_cache:
