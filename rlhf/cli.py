@@ -6,7 +6,8 @@
 
 Hydra composes and type-checks the config (conf/ + the schemas in rlhf/config.py); we run
 the cross-field checks and hand the config to `STAGES[cfg.stage.name].run(cfg)`
-(rlhf/stages/__init__.py).
+(rlhf/stages/__init__.py). The command line is composed and checked once before Hydra runs,
+so that a config error is one line and leaves no run directory (docs/bad_input.md).
 """
 
 from __future__ import annotations
