@@ -19,6 +19,11 @@ COMMON = ["stage=sft", "debug=tiny", "debug.max_steps=6", "stage.logging_steps=1
           "stage.per_device_batch_size=4"]
 
 
+# the runs compared below: 8 steps logged every 3 (steps 1, 2-3, 4-6), so steps 7-8 reach
+# train/loss without a log of their own; that remainder was one rank's share on 2 ranks
+RUNS = [*COMMON[:2], "debug.max_steps=8", "stage.logging_steps=3", *COMMON[4:]]
+
+
 def _losses(run_dir):
     history = json.loads((run_dir / "log_history.json").read_text())
     return [h["loss"] for h in history if "loss" in h]
@@ -26,16 +31,19 @@ def _losses(run_dir):
 
 @pytest.fixture(scope="module")
 def runs(run_cli, run_stage, tmp_path_factory):
-    """One single-process run (in this process) and 2-rank ZeRO-2 and ZeRO-3 runs (the real
-    CLI, which starts the ranks) of the same job."""
+    """One single-process run (in this process), 2-rank DDP, ZeRO-2 and ZeRO-3 runs and a
+    one-process ZeRO-3 run (the real CLI, which starts the ranks) of the same job."""
     cwd = tmp_path_factory.mktemp("dist")
-    run_stage([*COMMON, "distributed=single"], cwd / "single")
+    run_stage([*RUNS, "distributed=single"], cwd / "single")
     out = {"single": (cwd / "single", None)}
-    for name, extra in {"zero2": ["distributed=zero2", "distributed.nproc_per_node=2"],
+    for name, extra in {"ddp": ["distributed=ddp", "distributed.nproc_per_node=2"],
+                        "zero2": ["distributed=zero2", "distributed.nproc_per_node=2"],
                         "zero3": ["distributed=zero3", "distributed.nproc_per_node=2",
-                                  "logger=wandb"]}.items():
+                                  "logger=wandb"],
+                        # one process under ZeRO: a world of one (it needed mpi4py before)
+                        "zero3_one": ["distributed=zero3"]}.items():
         run_dir = cwd / name
-        result = run_cli([*COMMON, *extra, f"hydra.run.dir={run_dir}"], cwd=cwd,
+        result = run_cli([*RUNS, *extra, f"hydra.run.dir={run_dir}"], cwd=cwd,
                          env={"WANDB_API_KEY": "", "NETRC": str(cwd / "none")})
         assert result.returncode == 0, result.output[-4000:]
         out[name] = (run_dir, result.output)
@@ -46,11 +54,45 @@ def runs(run_cli, run_stage, tmp_path_factory):
 @pytest.mark.parametrize("name", ["zero2", "zero3"])
 def test_zero_loss_curve_matches_single_process(runs, name):
     single, sharded = _losses(runs["single"][0]), _losses(runs[name][0])
-    assert len(single) == len(sharded) == 6
+    assert len(single) == len(sharded) == 3
     assert single[-1] < single[0]  # it trained
     for a, b in zip(single, sharded):
         assert math.isclose(a, b, rel_tol=1e-3), (single, sharded)
     assert "starting 2 ranks" in runs[name][1]
+
+
+# metrics.json keys that may differ between runs of one job: how long things took (and rates
+# over that time), and what each rank holds in memory (one key per rank; ZeRO shards it)
+DIFFERS_BY_DESIGN = ("runtime_s", "train_runtime_s", "train/samples_per_second",
+                     "eval/runtime", "eval/samples_per_second", "eval/steps_per_second",
+                     "memory/")
+
+
+def _comparable_metrics(run_dir) -> dict:
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    return {k: v for k, v in metrics.items() if not k.startswith(DIFFERS_BY_DESIGN)}
+
+
+@pytest.mark.distributed
+def test_every_metric_means_the_same_on_any_number_of_ranks(runs):
+    """train/loss was rank 0's share of the batches since the last log on 2 ZeRO-3 ranks."""
+    single = _comparable_metrics(runs["single"][0])
+    assert {"train/loss", "eval/loss", "num_parameters", "train/steps"} <= single.keys()
+    for name in ("ddp", "zero2", "zero3", "zero3_one"):
+        other = _comparable_metrics(runs[name][0])
+        assert other.keys() == single.keys(), name
+        for key, value in single.items():
+            assert math.isclose(other[key], value, rel_tol=1e-3), (name, key, other[key], value)
+
+
+@pytest.mark.distributed
+def test_one_process_under_zero_runs_as_a_world_of_one(runs):
+    run_dir, output = runs["zero3_one"]
+    assert "starting 1 rank:" in output and "mpi4py" not in output
+    assert _losses(run_dir) == pytest.approx(_losses(runs["single"][0]), rel=1e-3)
+    # ZeRO-3 on one rank still partitions (its memory figures come from the shard)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["memory/rank0_param_bytes"] > 0 and "memory/rank1_param_bytes" not in metrics
 
 
 @pytest.mark.distributed
@@ -76,7 +118,7 @@ def test_zero3_checkpoint_reloads_single_process_and_generates(runs):
 def test_ranks_share_one_run_dir_one_metrics_one_wandb_run(runs):
     run_dir, output = runs["zero3"]
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert metrics["train/steps"] == 6
+    assert metrics["train/steps"] == 8
     wandb_files = list(run_dir.glob("wandb/offline-run-*/run-*.wandb"))
     assert len(wandb_files) == 1
     run = run_summary(wandb_files[0])
@@ -84,7 +126,8 @@ def test_ranks_share_one_run_dir_one_metrics_one_wandb_run(runs):
     assert len({k for row in run["history"] for k in row if k == "train/loss"}) == 1
     assert output.count("upload it with: wandb sync") == 1  # one tracker, on rank 0
     # nothing else appeared beside the run directory
-    assert sorted(p.name for p in run_dir.parent.iterdir()) == ["single", "zero2", "zero3"]
+    assert sorted(p.name for p in run_dir.parent.iterdir()) == ["ddp", "single", "zero2",
+                                                                  "zero3", "zero3_one"]
 
 
 @pytest.mark.distributed
@@ -117,7 +160,7 @@ def test_torchrun_started_by_the_user(run_cli, tmp_path):
     (["distributed=single", "distributed.nproc_per_node=2"],
      "distributed=single runs one process"),
     (["stage=nonsense", "distributed=zero2", "distributed.nproc_per_node=2"],
-     "Could not find 'stage/nonsense'"),
+     "stage=nonsense: no such option"),
 ])
 def test_wrong_settings_stop_before_any_rank_starts(run_cli, tmp_path, overrides, message):
     result = run_cli([*overrides, f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
@@ -176,3 +219,4 @@ def test_zero2_resume_continues_from_the_sharded_checkpoint(run_cli, tmp_path):
     # only steps 4-6 were trained again; 1-3 came back with the checkpoint's state
     assert again.output.count("{'loss'") == 3 and first.output.count("{'loss'") == 3
     assert json.loads((run_dir / "metrics.json").read_text())["train/steps"] == 6
+

@@ -54,3 +54,19 @@ def world_size() -> int:
 def is_main_process() -> bool:
     """Rank 0 writes shared files and logs; the other ranks only compute."""
     return rank() == 0
+
+
+def mean_over_ranks(value: float) -> float:
+    """The mean of a per-rank number over all ranks (the number itself on one process), so that
+    a reported metric means the same on any number of ranks."""
+    import torch
+    import torch.distributed as dist
+
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return value
+    # nccl reduces CUDA tensors only; gloo CPU ones
+    device = torch.device("cuda", torch.cuda.current_device()) \
+        if dist.get_backend() == "nccl" else torch.device("cpu")
+    total = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(total)
+    return total.item() / dist.get_world_size()

@@ -2,7 +2,8 @@
 
 - `rlhf ... distributed=zero2 distributed.nproc_per_node=2` outside torchrun/srun: the `rlhf`
   process starts the ranks itself with torchrun (as `accelerate launch` does), passing its own
-  overrides and one run directory, and waits for them.
+  overrides and one run directory, and waits for them. A DeepSpeed run on one process is
+  started the same way, as a world of one.
 - Inside torchrun (`torchrun -m rlhf.cli ...`) or srun (one task per device): every rank
   joins the process group first thing, and all ranks take rank 0's run directory.
 """
@@ -24,7 +25,12 @@ from rlhf.runs import RUN_DIR_ENV
 
 
 def needs_launch(cfg) -> bool:
-    return cfg.distributed.nproc_per_node > 1 and not inside_distributed()
+    """Several ranks, or DeepSpeed on any number: DeepSpeed needs a process group even for one
+    process (without RANK/WORLD_SIZE it looks for MPI and dies on `No module named 'mpi4py'`),
+    so one process under ZeRO is started as a torchrun world of one, like N (docs/notes.md)."""
+    if inside_distributed():
+        return False
+    return cfg.distributed.nproc_per_node > 1 or cfg.distributed.backend == Backend.deepspeed
 
 
 def _free_port() -> int:
@@ -47,8 +53,8 @@ def launch_ranks(cfg) -> int:
            "-m", "rlhf.cli", *HydraConfig.get().overrides.task,
            # the ranks reuse this run directory; its .hydra/ and log are this process's
            f"hydra.run.dir={run_dir}", "hydra.output_subdir=null", "hydra/job_logging=none"]
-    print(f"rlhf: starting {cfg.distributed.nproc_per_node} ranks: {' '.join(cmd[2:])}",
-          flush=True)
+    n = cfg.distributed.nproc_per_node
+    print(f"rlhf: starting {n} rank{'s' if n > 1 else ''}: {' '.join(cmd[2:])}", flush=True)
     return subprocess.call(cmd, env=env)
 
 

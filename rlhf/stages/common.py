@@ -11,7 +11,7 @@ from pathlib import Path
 
 from rlhf import runs
 from rlhf.config import Backend, Precision
-from rlhf.distributed import is_main_process, world_size
+from rlhf.distributed import is_main_process, mean_over_ranks, world_size
 from rlhf.distributed.deepspeed_config import deepspeed_config
 from rlhf.models.loading import CHECKPOINT_SUBDIR
 from rlhf.tracking import make_tracker
@@ -109,8 +109,14 @@ class StageRun:
 
 
 def train_summary(trainer, result) -> dict:
-    """The shared training metrics of a finished `trainer.train()`."""
-    return {"train/loss": result.training_loss,
+    """The shared training metrics of a finished `trainer.train()`.
+
+    Every rank calls this (the loss is averaged over ranks, a collective)."""
+    # transformers 5.23's `training_loss` adds this rank's own losses since the last logging
+    # step to the logged ones (which are means over ranks): on 2 ranks (ddp, zero2, zero3
+    # alike) it counted rank 0's micro batches only for those steps, 6.337 against 6.261 on
+    # one process. The logged part is the same on every rank, so the mean over ranks is right.
+    return {"train/loss": mean_over_ranks(result.training_loss),
             "train_runtime_s": result.metrics["train_runtime"],
             "train/samples_per_second": result.metrics["train_samples_per_second"],
             "train/steps": trainer.state.global_step}

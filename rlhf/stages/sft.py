@@ -39,6 +39,17 @@ def parameter_counts(model) -> dict:
                                             if p.requires_grad)}
 
 
+# TRL 1.16 reports these as a mean over evaluation steps, each step token-weighted over one
+# micro batch per rank: their value depends on the number of ranks (the same model scored
+# 0.1626 token accuracy on 1 rank, 0.1615 on 2). The summary (metrics.json, the W&B summary)
+# holds only what means the same on any number of ranks; log_history.json keeps TRL's values.
+RANK_DEPENDENT_EVAL = ("eval/entropy", "eval/mean_token_accuracy")
+
+
+def summary_eval_metrics(logged: dict) -> dict:
+    return {k: v for k, v in logged.items() if k not in RANK_DEPENDENT_EVAL}
+
+
 def run(cfg) -> dict:
     stage_run = StageRun(cfg)
     out, stage = stage_run.out, cfg.stage
@@ -68,7 +79,7 @@ def run(cfg) -> dict:
     metrics = {**train_summary(trainer, train_result), **parameter_counts(trainer.model),
                **memory_metrics(memory)}
     if eval_ds is not None:
-        eval_metrics = hf_log_to_metrics(trainer.evaluate())
+        eval_metrics = summary_eval_metrics(hf_log_to_metrics(trainer.evaluate()))
         eval_metrics["eval/perplexity"] = math.exp(min(eval_metrics["eval/loss"], 50.0))
         stage_run.tracker.log(eval_metrics, step=trainer.state.global_step)
         metrics.update(eval_metrics)
