@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from rlhf.config import check_declared, is_schema_option, register_configs
 from rlhf.distributed import export_slurm_env, inside_distributed, world_size
 from rlhf.distributed.launch import launch_ranks, needs_launch
-from rlhf.errors import ConfigError, UserError
+from rlhf.errors import ConfigError, UserError, one_line
 from rlhf.models.loading import check_model_path
 from rlhf.runs import read_metrics, redact_hydra_files, run_dir
 from rlhf.stages import STAGES, check, run_here  # noqa: F401  (STAGES: the registry)
@@ -203,17 +203,6 @@ def wrong_value(err, name: str, overrides: list[str]) -> str:
         return line
     current = getattr(current, "value", current)  # enums
     return line if current is None else f"{line}; e.g. {err.full_key}={current}"
-
-
-def one_line(err: Exception) -> str:
-    """Hydra's message on one line, without its search path listing."""
-    text = str(err).split("Config search path:")[0]
-    lines = [l.strip().rstrip(".") for l in text.splitlines() if l.strip()]
-    cause = err.__cause__
-    if cause is not None and getattr(cause, "msg", None):
-        lines.append(f"{cause.full_key}: {cause.msg.splitlines()[0]}" if cause.full_key
-                     else cause.msg.splitlines()[0])
-    return "; ".join(lines)
 
 
 if __name__ == "__main__":

@@ -15,3 +15,14 @@ class DataError(UserError, ValueError):
 
 class ModelLoadError(UserError):
     pass
+
+
+def one_line(err: Exception) -> str:
+    """Hydra's (or OmegaConf's) message on one line, without its search path listing."""
+    text = str(err).split("Config search path:")[0]
+    lines = [l.strip().rstrip(".") for l in text.splitlines() if l.strip()]
+    cause = err.__cause__
+    if cause is not None and getattr(cause, "msg", None):
+        lines.append(f"{cause.full_key}: {cause.msg.splitlines()[0]}" if cause.full_key
+                     else cause.msg.splitlines()[0])
+    return "; ".join(lines)

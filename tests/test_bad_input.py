@@ -109,3 +109,16 @@ def test_bad_config_combination_stops_before_training(run_stage, tmp_path):
                                "stage.per_device_batch_size=8"], tmp_path / "run")
     assert "stage.global_batch_size=30 is not divisible" in message
     assert not (tmp_path / "run").exists()  # stopped before the stage started: nothing written
+
+
+def test_a_pipeline_step_that_does_not_compose_is_one_line(run_cli, tmp_path):
+    result = run_cli(["stage=pipeline", "pipeline.steps=[{name: a, stage: sft, overrides: "
+                      "['stage.learning_rate=fast']}]", f"hydra.run.dir={tmp_path / 'run'}"],
+                     cwd=tmp_path)
+    errors = [l for l in result.output.splitlines() if l.startswith("rlhf: error:")]
+    assert result.returncode == 2 and len(errors) == 1, result.output[-3000:]
+    assert errors[0].startswith("rlhf: error: pipeline step 'a' (stage=sft): its config does "
+                                "not compose: "), errors[0]
+    # the reason is on the same line (Hydra's text puts it on the next one)
+    assert "'fast'" in errors[0] and "could not be converted" in errors[0], errors[0]
+    assert "Traceback" not in result.output

@@ -22,7 +22,7 @@ import textwrap
 
 from hydra.core.hydra_config import HydraConfig
 
-from rlhf.errors import UserError
+from rlhf.errors import UserError, one_line
 from rlhf.runs import RUN_DIR_ENV, read_metrics
 from rlhf.stages.common import StageRun
 
@@ -59,7 +59,7 @@ def step_config(step, overrides: list[str]):
         return compose(config_name="config", overrides=task)
     except (HydraException, OmegaConfBaseException) as err:
         raise UserError(f"pipeline step {step.name!r} (stage={step.stage}): its config does not "
-                        f"compose: {err}") from err
+                        f"compose: {one_line(err)}") from err
 
 
 def runs_in_process(step_cfg) -> bool:
