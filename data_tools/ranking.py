@@ -15,7 +15,8 @@ def ranked_pairs(ranks: list[int], mode: str = "all") -> list[tuple[int, int]]:
     """(better, worse) index pairs of a ranking; ties give no pair.
 
     mode "all": every C(K,2) pair with different ranks; "adjacent": only pairs on
-    neighbouring rank levels."""
+    neighbouring rank levels; "best": the top level against every other answer (the way
+    UltraFeedback was binarised: the chosen answer is always a best one)."""
     levels = sorted(set(ranks))
     pairs = []
     for i, j in itertools.combinations(range(len(ranks)), 2):
@@ -23,6 +24,8 @@ def ranked_pairs(ranks: list[int], mode: str = "all") -> list[tuple[int, int]]:
             continue
         better, worse = (i, j) if ranks[i] < ranks[j] else (j, i)
         if mode == "adjacent" and levels.index(ranks[worse]) - levels.index(ranks[better]) != 1:
+            continue
+        if mode == "best" and ranks[better] != levels[0]:
             continue
         pairs.append((better, worse))
     return pairs

@@ -328,6 +328,8 @@ def test_every_stage_field_is_read_by_the_stage(schema):
     (["stage=dpo", "stage.loss_type=simpo", "stage.sft_weight=1"],
      "stage.sft_weight=1.0 adds an NLL term to a preference loss; loss_type=simpo"),
     (["stage=dpo", "stage.loss_type=sft", "stage.sft_weight=1"], "loss_type=sft has none"),
+    (["stage=dpo", "stage.data_format=pairs", "stage.pairs=best"],
+     "stage.pairs=best chooses among a ranking's pairs"),
     # online RL
     (["stage=grpo", REWARD, "stage.num_generations=1"], "sample at least 2 per prompt"),
     (["stage=rloo", REWARD, "stage.num_generations=6"],

@@ -90,3 +90,19 @@ def test_bad_preference_rows_name_the_row(run_stage, tmp_path, row, message):
     assert message in error, error
     bad = [json.loads(x) for x in (tmp_path / "run" / "bad_rows.jsonl").read_text().splitlines()]
     assert [b["where"] for b in bad] == [f"{path}:2"]
+
+
+def test_pair_selection_from_rankings_with_ties():
+    """stage.pairs: all C(K,2) non-tied pairs, neighbouring levels, or the best level against
+    the rest (with two answers tied for best, each of them against every worse one)."""
+    from rlhf.data.rankings import expand_to_pairs
+
+    ranking = {"prompt": [{"role": "user", "content": "q"}], "responses": list("abcde"),
+               "ranks": [1, 1, 2, 3, 3], "scores": None}
+    chosen_rejected = lambda mode: [tuple(p["responses"]) for p in  # noqa: E731
+                                    expand_to_pairs([ranking], mode)]
+    assert len(chosen_rejected("all")) == 8  # C(5,2) = 10 minus the two ties
+    assert chosen_rejected("adjacent") == [("a", "c"), ("b", "c"), ("c", "d"), ("c", "e")]
+    assert chosen_rejected("best") == [("a", "c"), ("a", "d"), ("a", "e"), ("b", "c"),
+                                       ("b", "d"), ("b", "e")]
+

@@ -40,11 +40,12 @@ def load_pairs(path: str, max_rows: int | None = None,
     return load_checked(path, _check_pair, max_rows, bad_rows_dir)
 
 
-def expand_to_pairs(rankings: list[dict]) -> list[dict]:
-    """Every non-tied pair of each ranking as its own K = 2 row (the classic way)."""
+def expand_to_pairs(rankings: list[dict], mode: str = "all") -> list[dict]:
+    """The non-tied pairs of each ranking (data_tools.ranking.ranked_pairs' `mode`: all,
+    adjacent or best), each as its own K = 2 row."""
     out = []
     for r in rankings:
-        for a, b in ranked_pairs(r["ranks"]):
+        for a, b in ranked_pairs(r["ranks"], mode):
             scores = None if r["scores"] is None else [r["scores"][a], r["scores"][b]]
             out.append({"prompt": r["prompt"], "responses": [r["responses"][a], r["responses"][b]],
                         "ranks": [1, 2], "scores": scores})

@@ -44,7 +44,9 @@ def load_preferences(cfg, out, split: str) -> list[dict] | None:
     elif not path:
         return None
     rows = load(path, cap, out)
-    return rows if cfg.stage.data_format == PreferenceFormat.pairs else expand_to_pairs(rows)
+    if cfg.stage.data_format == PreferenceFormat.pairs:
+        return rows
+    return expand_to_pairs(rows, cfg.stage.pairs.value)
 
 
 def to_dataset(rows: list[dict]):
