@@ -87,10 +87,9 @@ def exit_with(err: UserError) -> None:
 def check_command_line(argv: list[str]) -> None:
     """Compose every job's config as Hydra will, reject keys no schema declares and a model.path
     that does not exist."""
-    # Hydra's own parser (hydra.main parses argv with it), so flags mean what they mean there
-    from hydra._internal.utils import get_args_parser
+    from rlhf.compat import hydra_args_parser
 
-    args = get_args_parser().parse_args(argv)
+    args = hydra_args_parser().parse_args(argv)
     if args.help or args.hydra_help or args.shell_completion or args.experimental_rerun \
             or args.config_path or args.config_dir:
         return  # no job config to check, or one from elsewhere: Hydra's own handling

@@ -56,6 +56,15 @@ def forget_deepspeed_zero3_init() -> None:
     unset_hf_deepspeed_config()
 
 
+# ---------------------------------------------------------------- Hydra
+def hydra_args_parser():
+    """Hydra 1.3's own command-line parser (hydra/_internal/utils.py; `hydra.main` parses argv
+    with it), so that rlhf.cli's check before Hydra runs reads flags as Hydra will."""
+    from hydra._internal.utils import get_args_parser
+
+    return get_args_parser()
+
+
 # ---------------------------------------------------------------- TRL
 
 
@@ -125,3 +134,18 @@ def zero_fp32_partitions(optimizer) -> list:
     for name in _ZERO_FP32_PARTITIONS:
         tensors += list(getattr(optimizer, name, None) or [])
     return tensors
+
+
+@contextmanager
+def zero3_gathered_for_generation(engine):
+    """Yield a ZeRO-3 engine's module with every weight gathered once, for a whole rollout.
+
+    DeepSpeed 0.19.8: `deepspeed.runtime.zero.unwrap_model_for_generation` (not in DeepSpeed's
+    documented API) gathers the parameters with `GatheredParameters` and removes the engine's
+    per-module forward hooks, which would otherwise release (re-partition) each layer after
+    its forward pass and all-gather it again for the next token; on exit it re-registers the
+    hooks and partitions the weights again. Used by PPO's rollout (stage.gather_for_generation)."""
+    from deepspeed.runtime.zero import unwrap_model_for_generation
+
+    with unwrap_model_for_generation(engine):
+        yield engine.module

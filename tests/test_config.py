@@ -137,8 +137,8 @@ def _error_line(result) -> str:
     (["+logger.api_key=abc123"], "logger.api_key is not a setting: secrets are read from the "
                                  "environment"),
     # only real options, never the *_schema entries behind them
-    (["stage=fooo"], "stage=fooo: no such option; choose one of dpo, eval, grpo, pipeline, "
-                     "rloo, rm, sft"),
+    (["stage=fooo"], "stage=fooo: no such option; choose one of "
+                     + ", ".join(sorted(p.stem for p in (CONF / "stage").glob("*.yaml")))),
     (["model=qwen"], "model=qwen: no such option; choose one of demo_tiny, qwen2_5_0_5b"),
     (["stage.learning_rate=fast"], "stage.learning_rate=fast: Value 'fast' of type 'str' could "
                                    "not be converted to Float; e.g. stage.learning_rate=2e-05"),
