@@ -296,6 +296,93 @@ class OnlineRLStageConfig(TrainStageConfig):
     heldout: HeldOutEvalConfig = field(default_factory=HeldOutEvalConfig)
 
 
+class CriticInit(str, Enum):
+    """Where PPO's critic (value model) starts."""
+    reward_model = "reward_model"  # stage.reward_model's run: its backbone and score head
+    policy = "policy"  # model.path with a new value head initialised to zero
+
+
+class PPOReference(str, Enum):
+    model = "model"  # a frozen copy of stage.reference_path (default: model.path)
+    lora_base = "lora_base"  # the actor with its LoRA adapters disabled (model.lora.enabled)
+
+
+KL_ESTIMATORS = ("k1", "k3")
+
+
+@dataclass
+class PPOStageConfig(TrainStageConfig):
+    """PPO with a critic against a reward model, our own loop (rlhf/stages/ppo.py, docs/ppo.md).
+    global_batch_size counts the answers of one rollout (one per prompt) over all ranks;
+    per_device_batch_size is the micro batch of every forward/backward pass; max_steps counts
+    rollouts."""
+    name: str = "ppo"
+    # the actor's learning rate (the critic has its own, critic_learning_rate)
+    learning_rate: float = 1e-6
+    critic_learning_rate: float = 1e-5
+    lr_scheduler: str = "constant"
+    max_steps: int = 200
+    global_batch_size: int = 64
+    per_device_batch_size: int = 8
+    logging_steps: int = 1
+    # passes over each rollout, each over shuffled minibatches (one optimizer step each)
+    ppo_epochs: int = 4
+    num_minibatches: int = 1
+    # a stage=rm run (or checkpoint): the reward, normalised with its reward_stats.json
+    reward_model: Optional[str] = None
+    reward_model_weight: float = 1.0
+    # extra reward functions, as for grpo: [{_target_: pkg.module.fn_or_class, weight: 1.0}]
+    reward_funcs: List[Any] = field(default_factory=list)
+    # the summed score is clipped to [-score_clip, score_clip]
+    score_clip: float = 5.0
+    # subtracted from the score of an answer that never reaches a stop token; null: none
+    missing_eos_penalty: Optional[float] = None
+    # rollout sampling; log-probs use logits / temperature, the distribution sampled from
+    max_new_tokens: int = 64
+    temperature: float = 1.0
+    top_p: float = 1.0
+    # under ZeRO-3: gather the actor's weights once per rollout instead of every layer for
+    # every new token (docs/ppo.md has both timed)
+    gather_for_generation: bool = True
+    critic_init: CriticInit = CriticInit.reward_model
+    # the reference for the KL: a frozen model (reference_path, default model.path) or the
+    # actor with its LoRA adapters off
+    reference: PPOReference = PPOReference.model
+    reference_path: Optional[str] = None
+    # KL coefficient (its start value with adaptive_kl) and estimator (k1 or k3, clamped
+    # to +-kl_clamp per token)
+    kl_coef: float = 0.05
+    kl_estimator: str = "k1"
+    kl_clamp: float = 10.0
+    # true: -kl_coef x KL per token in the reward (InstructGPT); false: kl_coef x KL as a
+    # loss term of the actor (k3 only: k1's gradient is zero in expectation)
+    kl_in_reward: bool = True
+    # Ziegler et al. 2019: steer the coefficient towards kl_target (nats per answer)
+    adaptive_kl: bool = False
+    kl_target: float = 6.0
+    kl_horizon: float = 10000.0
+    # GAE discount and lambda
+    gamma: float = 1.0
+    lam: float = 0.95
+    # PPO's policy ratio clip and the value clip
+    cliprange: float = 0.2
+    cliprange_value: float = 0.2
+    # weight of the critic's loss, and of the entropy bonus in the actor's loss
+    vf_coef: float = 0.1
+    entropy_coef: float = 0.0
+    whiten_advantages: bool = True
+    # divide the per-token rewards by their std over the rollout (mean kept)
+    whiten_rewards: bool = False
+    # the first N steps train the critic only (the actor is frozen)
+    critic_warmup_steps: int = 0
+    # stop a step's PPO epochs once the minibatch's approximate KL to the rollout policy
+    # passes this; null: never
+    target_kl_early_stop: Optional[float] = None
+    # log a table of sample answers with their scores every N steps (0: never)
+    sample_every: int = 10
+    heldout: HeldOutEvalConfig = field(default_factory=HeldOutEvalConfig)
+
+
 @dataclass
 class PipelineStageConfig:
     name: str = "pipeline"
@@ -407,7 +494,7 @@ def register_configs() -> None:
     # rloo has no schema of its own: conf/stage/rloo.yaml extends grpo
     for name, node in {"sft": SFTStageConfig, "rm": RMStageConfig, "eval": EvalStageConfig,
                        "dpo": DPOStageConfig, "grpo": OnlineRLStageConfig,
-                       "pipeline": PipelineStageConfig}.items():
+                       "ppo": PPOStageConfig, "pipeline": PipelineStageConfig}.items():
         cs.store(group="stage", name=f"{name}_schema", node=node)
     for group, node in {"model": ModelConfig, "data": DataConfig,
                         "distributed": DistributedConfig, "logger": LoggerConfig,
@@ -490,6 +577,8 @@ def validate(cfg: Any, world: int | None = None) -> None:
         validate_dpo(stage, cfg.model)
     if stage.name in ("grpo", "rloo"):
         validate_online_rl(stage)
+    if stage.name == "ppo":
+        validate_ppo(stage, cfg.model, cfg.distributed, world)
     if stage.name == "eval":
         validate_heldout(stage, "stage")
     if hasattr(stage, "heldout"):
@@ -621,6 +710,62 @@ def validate_online_rl(stage: Any) -> None:
     if not stage.reward_model and not stage.reward_funcs:
         raise ConfigError(f"stage={stage.name} needs a reward: set stage.reward_model=<stage=rm "
                           "run dir> and/or stage.reward_funcs=[{_target_: pkg.module.fn}]")
+
+
+def validate_ppo(stage: Any, model: Any, dist: Any, world: int) -> None:
+    per_minibatch = world * stage.num_minibatches * stage.per_device_batch_size
+    if stage.global_batch_size % per_minibatch:
+        raise ConfigError(f"stage.global_batch_size={stage.global_batch_size} answers per rollout "
+                          f"must split into stage.num_minibatches={stage.num_minibatches} x "
+                          f"{world} rank(s) x stage.per_device_batch_size="
+                          f"{stage.per_device_batch_size}; choose a multiple of {per_minibatch}")
+    if stage.max_steps < 1:
+        raise ConfigError(f"stage.max_steps={stage.max_steps}: stage=ppo counts rollouts, not "
+                          "epochs; give a positive number of steps")
+    if stage.ppo_epochs < 1 or stage.num_minibatches < 1:
+        raise ConfigError(f"stage.ppo_epochs={stage.ppo_epochs} and stage.num_minibatches="
+                          f"{stage.num_minibatches} must both be at least 1")
+    if not stage.reward_model and not stage.reward_funcs:
+        raise ConfigError("stage=ppo needs a reward: set stage.reward_model=<stage=rm run dir> "
+                          "and/or stage.reward_funcs=[{_target_: pkg.module.fn}]")
+    if stage.critic_init == CriticInit.reward_model and not stage.reward_model:
+        raise ConfigError("stage.critic_init=reward_model starts the critic from "
+                          "stage.reward_model, which is not set; set it or use "
+                          "stage.critic_init=policy")
+    if stage.temperature <= 0 or not 0 < stage.top_p <= 1:
+        raise ConfigError(f"stage.temperature={stage.temperature} must be > 0 and stage.top_p="
+                          f"{stage.top_p} in (0, 1]: PPO samples its answers")
+    if stage.kl_estimator not in KL_ESTIMATORS:
+        raise ConfigError(f"stage.kl_estimator={stage.kl_estimator!r}; use one of "
+                          f"{', '.join(KL_ESTIMATORS)}")
+    if not stage.kl_in_reward and stage.kl_estimator == "k1":
+        raise ConfigError("stage.kl_in_reward=false makes the KL a loss term, and k1's gradient "
+                          "there is zero in expectation; set stage.kl_estimator=k3")
+    if stage.kl_coef < 0 or (stage.adaptive_kl and (stage.kl_target <= 0
+                                                    or stage.kl_horizon <= 0)):
+        raise ConfigError(f"stage.kl_coef={stage.kl_coef} must be >= 0, and with "
+                          "stage.adaptive_kl=true stage.kl_target and stage.kl_horizon > 0")
+    if stage.adaptive_kl and stage.kl_coef == 0:
+        raise ConfigError("stage.adaptive_kl=true scales stage.kl_coef, which is 0 and would "
+                          "stay 0; start it above 0")
+    if stage.cliprange <= 0 or stage.cliprange_value <= 0:
+        raise ConfigError(f"stage.cliprange={stage.cliprange} and stage.cliprange_value="
+                          f"{stage.cliprange_value} must be positive")
+    if not 0 <= stage.gamma <= 1 or not 0 <= stage.lam <= 1:
+        raise ConfigError(f"stage.gamma={stage.gamma} and stage.lam={stage.lam} must be in "
+                          "[0, 1]")
+    if stage.critic_warmup_steps >= stage.max_steps:
+        raise ConfigError(f"stage.critic_warmup_steps={stage.critic_warmup_steps} leaves no "
+                          f"step of stage.max_steps={stage.max_steps} to train the actor")
+    if stage.reference == PPOReference.lora_base and not model.lora.enabled:
+        raise ConfigError("stage.reference=lora_base uses the actor with its adapters disabled; "
+                          "set model.lora.enabled=true, or use stage.reference=model")
+    if stage.reference == PPOReference.lora_base and stage.reference_path:
+        raise ConfigError("stage.reference=lora_base takes the actor's base model as the "
+                          "reference, so stage.reference_path is unused; drop it")
+    if model.lora.enabled and dist.backend == Backend.deepspeed and dist.zero.stage == 3:
+        raise ConfigError("stage=ppo with LoRA under ZeRO-3 is not supported yet; use "
+                          "distributed=zero2 (LoRA's trained weights are small) or full training")
 
 
 def validate_heldout(settings: Any, prefix: str) -> None:

@@ -132,6 +132,17 @@ def kl_penalised_rewards(scores: torch.Tensor, kl: torch.Tensor, kl_coef: float,
     return rewards
 
 
+def sequence_scores(raw: torch.Tensor, stopped: torch.Tensor, score_clip: float,
+                    missing_eos_penalty: float | None) -> torch.Tensor:
+    """The score of each answer: the (normalised) reward clipped to [-score_clip, score_clip],
+    minus `missing_eos_penalty` for an answer that never reached a stop token (truncated
+    answers must not win by rambling on; Huang et al. 2024). raw, stopped: (B,) -> (B,)."""
+    scores = raw.clamp(-score_clip, score_clip)
+    if missing_eos_penalty is not None:
+        scores = scores - missing_eos_penalty * (1 - stopped.to(scores.dtype))
+    return scores
+
+
 def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float,
         lam: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Generalised advantage estimation (Schulman et al. 2016, eq. 16):

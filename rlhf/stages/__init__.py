@@ -22,6 +22,7 @@ STAGES = {
     "dpo": "rlhf.stages.dpo",
     "grpo": "rlhf.stages.online_rl",
     "rloo": "rlhf.stages.online_rl",
+    "ppo": "rlhf.stages.ppo",
     "pipeline": "rlhf.stages.pipeline",
 }
 

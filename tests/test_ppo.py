@@ -1,0 +1,225 @@
+"""stage=ppo (rlhf/stages/ppo.py): the rollout layout (position ids under left padding, stop
+tokens, the missing-EOS penalty), a run whose reward rises on an easy synthetic reward, a run
+against the demo's reward model (critic from it), resume, and 2 ZeRO-3 ranks."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+
+import pytest
+import torch
+
+from tests.conftest import max_weight_change
+
+# 16 answers per rollout of at most 8 tokens, one micro batch, no held-out evaluation
+FAST = ["stage=ppo", "stage.per_device_batch_size=16", "stage.max_new_tokens=8",
+        "debug.max_train_rows=64", "data.eval_prompts=null"]
+# shorter answers score higher: -0.25 per word beyond the first
+SHORT = "{_target_: rlhf.rewards.length.LengthPenalty, max_words: 1, per_word: 0.25}"
+# the share of digits in the answer (digit_share below), with the adaptive KL controller;
+# 32 answers x 4 epochs per step: the score rose 0.151 -> 0.279 in 8 steps when tuned
+SYNTHETIC = [*FAST, "stage.global_batch_size=32", "stage.ppo_epochs=4",
+             "stage.critic_init=policy", "stage.reward_funcs=[{_target_: tests.test_ppo.digit_share}]",
+             "stage.learning_rate=1e-3", "stage.critic_learning_rate=3e-3",
+             "stage.kl_coef=0.01", "stage.adaptive_kl=true", "stage.kl_target=0.5",
+             "stage.kl_horizon=100"]
+
+
+def _history(run_dir):
+    return json.loads((run_dir / "log_history.json").read_text())
+
+
+# ---------------------------------------------------------------- rollout layout
+
+
+@pytest.fixture(scope="module")
+def tiny(cache_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = cache_dir / "demo_tiny"
+    return AutoModelForCausalLM.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
+
+
+def _answer_logps(model, batch, with_positions: bool = True):
+    from rlhf.models.rollout import token_logprobs
+
+    inputs = batch.model_inputs()
+    if not with_positions:
+        inputs.pop("position_ids")
+    with torch.no_grad():
+        logits = batch.answer_slice(model(**inputs).logits).float()
+    return token_logprobs(logits, batch.response_ids, 1.0)
+
+
+def test_position_ids_under_left_padding(tiny):
+    """An answer's log-probs are the same whether its prompt is padded on the left (beside a
+    longer prompt) or not: positions count from each row's first real token. RoPE (the demo's
+    Llama) only sees relative positions; a model with absolute position embeddings (GPT-2)
+    shows what counting from the left edge, padding included, would do."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from rlhf.models.rollout import ResponseBatch
+
+    llama, tokenizer = tiny
+    torch.manual_seed(0)
+    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=64, n_positions=32, n_embd=32, n_layer=2,
+                                      n_head=2)).eval()
+    short, long = [5, 6, 7], [8, 9, 10, 11, 12, 13, 14]
+    answers = [[20, 21, 22, 1], [23, 24]]
+    pad = 0
+    alone = ResponseBatch.build([short], answers[:1], pad)
+    together = ResponseBatch.build([short, long], answers, pad)
+    assert together.prompt_width == 7
+    assert together.position_ids[0].tolist() == [0, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6]
+    assert together.position_ids[1, :9].tolist() == list(range(9))
+    assert together.response_mask.tolist() == [[1, 1, 1, 1], [1, 1, 0, 0]]
+    for model in (llama, gpt2):
+        expected = _answer_logps(model, alone)[0]
+        assert torch.allclose(expected, _answer_logps(model, together)[0], atol=1e-5)
+    # without our position ids, GPT-2 reads the padded row at the wrong positions
+    assert not torch.allclose(_answer_logps(gpt2, alone)[0],
+                              _answer_logps(gpt2, together, with_positions=False)[0], atol=1e-3)
+
+
+def test_stop_tokens_pad_and_cut(tiny):
+    from rlhf.models.rollout import cut_after_stop, safe_pad_id, stop_token_ids
+
+    _, tokenizer = tiny
+    stops = stop_token_ids(tokenizer)
+    end = tokenizer.convert_tokens_to_ids("<|end|>")
+    assert stops == [end]  # the demo's EOS is its end-of-turn token
+    assert safe_pad_id(tokenizer, stops) == tokenizer.pad_token_id != end
+    # a tokenizer padding with EOS (Llama-style) gets another pad id
+    assert safe_pad_id(tokenizer, stops + [tokenizer.pad_token_id]) not in stops + [
+        tokenizer.pad_token_id]
+    assert cut_after_stop([4, 5, end, 6, end], stops) == ([4, 5, end], True)
+    assert cut_after_stop([4, 5, 6], stops) == ([4, 5, 6], False)
+
+
+def test_missing_eos_penalty():
+    from rlhf.algorithms.ppo import sequence_scores
+
+    raw = torch.tensor([0.5, 0.5, 9.0, -9.0])
+    stopped = torch.tensor([1.0, 0.0, 1.0, 0.0])
+    # clipped to +-5 first, then the penalty for the answers that never stopped
+    assert sequence_scores(raw, stopped, 5.0, 1.5).tolist() == [0.5, -1.0, 5.0, -6.5]
+    assert sequence_scores(raw, stopped, 5.0, None).tolist() == [0.5, 0.5, 5.0, -5.0]
+
+
+def test_rollout_generates_answers_that_stop(tiny):
+    """HFRollout: sampled answers, each cut after its first stop token, none longer than
+    max_new_tokens; an answer without a stop token is one that ran out of tokens."""
+    from rlhf.models.generation import prompt_token_ids
+    from rlhf.models.rollout import HFRollout, plain_context, stop_token_ids
+
+    model, tokenizer = tiny
+    stops = stop_token_ids(tokenizer)
+    prompts = [prompt_token_ids(tokenizer, [{"role": "user", "content": q}])
+               for q in ("Price of the Orbit Fan?", "Hi, what colour is the Nimbus Camera?")]
+    torch.manual_seed(0)
+    answers = HFRollout(plain_context(model), tokenizer.pad_token_id, stops, 6, 1.0, 1.0,
+                        batch_size=2).generate(prompts)
+    assert len(answers) == 2
+    for answer in answers:
+        assert 1 <= len(answer) <= 6
+        assert all(t not in stops for t in answer[:-1])
+        assert answer[-1] in stops or len(answer) == 6
+
+
+# ---------------------------------------------------------------- end to end
+
+
+@pytest.fixture(scope="module")
+def synthetic_run(run_stage, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("ppo") / "synthetic"
+    metrics = run_stage([*SYNTHETIC, "stage.max_steps=8"], run_dir)
+    return run_dir, metrics
+
+
+def test_reward_rises_on_an_easy_synthetic_reward(synthetic_run, cache_dir):
+    run_dir, metrics = synthetic_run
+    history = _history(run_dir)
+    assert [h["train/step"] for h in history] == list(range(1, 9))
+    scores = [h["ppo/score_mean"] for h in history]
+    first, last = sum(scores[:2]) / 2, sum(scores[-2:]) / 2
+    assert last > first + 0.04, scores
+    for name in ("ppo/reward_mean", "ppo/score_mean", "ppo/kl", "ppo/kl_coef",
+                 "ppo/policy_loss", "ppo/value_loss", "ppo/clipfrac", "ppo/value_clipfrac",
+                 "ppo/approx_kl", "ppo/entropy", "ppo/explained_variance",
+                 "ppo/response_length", "ppo/no_eos_share", "time/rollout_s", "time/score_s",
+                 "time/update_s"):
+        assert math.isfinite(metrics[name]), name
+    assert metrics["train/steps"] == 8
+    assert max_weight_change(run_dir, cache_dir / "demo_tiny") > 0
+    # the adaptive controller moved the coefficient
+    assert history[-1]["ppo/kl_coef"] != history[0]["ppo/kl_coef"]
+
+
+def test_resume_continues_at_the_next_step_with_the_same_kl_coefficient(
+        synthetic_run, run_stage, tmp_path):
+    run_dir = tmp_path / "resumed"
+    shutil.copytree(synthetic_run[0], run_dir)
+    saved = json.loads((run_dir / "trainer" / "checkpoint-8" / "ppo_state.json").read_text())
+    assert saved["step"] == 8
+    run_stage([*SYNTHETIC, "stage.max_steps=9", "stage.resume=true"], run_dir)
+    history = _history(run_dir)
+    assert [h["train/step"] for h in history] == [9]  # nothing before it ran again
+    # the coefficient step 9 used is the one the controller held after step 8
+    assert history[0]["ppo/kl_coef"] == pytest.approx(saved["kl_controller"]["value"])
+    assert history[0]["ppo/kl_coef"] != 0.01
+    assert (run_dir / "trainer" / "checkpoint-9" / "ppo_state.json").exists()
+    assert not (run_dir / "trainer" / "checkpoint-8").exists()  # keep_checkpoints=1
+
+
+def test_ppo_with_the_demo_reward_model(run_stage, rm_run, tmp_path):
+    """The reward model of stage=rm as the reward and the critic's start; held-out
+    evaluation with the reward model's score beside the oracle's, and KL to the start model."""
+    run_dir = tmp_path / "run"
+    metrics = run_stage([*FAST, "stage.global_batch_size=16", "stage.ppo_epochs=2",
+                         f"stage.reward_model={rm_run}", "stage.max_steps=2",
+                         "stage.learning_rate=1e-3", "stage.missing_eos_penalty=1.0",
+                         "data.eval_prompts=${data.dir}/eval_prompts.jsonl",
+                         "stage.heldout.max_prompts=8", "stage.heldout.max_new_tokens=8"],
+                        run_dir)
+    assert metrics["train/steps"] == 2
+    # a critic from the reward model predicts something from the first step on
+    assert metrics["ppo/value_mean"] != 0
+    assert {"eval/reward_model_greedy", "eval/oracle_sampled", "eval/kl_to_reference"} <= \
+        set(metrics)
+    # answers of at most 8 tokens mostly never stop: the penalty shows in the score
+    assert metrics["ppo/no_eos_share"] > 0
+
+
+@pytest.mark.distributed
+def test_zero3_two_ranks_generate_and_update(run_cli, cache_dir, tmp_path):
+    run_dir = tmp_path / "zero3"
+    result = run_cli(["stage=ppo", "stage.max_new_tokens=8", "debug.max_train_rows=64",
+                      "data.eval_prompts=null", "stage.global_batch_size=16",
+                      "stage.ppo_epochs=2", "stage.critic_init=policy",
+                      f"stage.reward_funcs=[{SHORT}]", "stage.max_steps=2",
+                      "stage.per_device_batch_size=4",
+                      "stage.learning_rate=1e-3", "distributed=zero3",
+                      "distributed.nproc_per_node=2", f"hydra.run.dir={run_dir}"],
+                     cwd=tmp_path)
+    assert result.returncode == 0, result.output[-4000:]
+    assert "starting 2 ranks" in result.output
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["train/steps"] == 2 and math.isfinite(metrics["ppo/value_loss"])
+    assert metrics["ppo/response_length"] > 0
+    assert max_weight_change(run_dir, cache_dir / "demo_tiny") > 0
+    # DeepSpeed's sharded state of both ranks, for actor and critic
+    shards = sorted(p.name for p in (run_dir / "trainer" / "checkpoint-2" / "actor" / "state")
+                    .glob("*optim_states.pt"))
+    assert len(shards) == 2, shards
+    assert (run_dir / "trainer" / "checkpoint-2" / "critic" / "state").is_dir()
+
+
+def digit_share(prompts, completions, **kwargs) -> list[float]:
+    """A synthetic reward for the tests: the share of an answer's characters that are digits
+    (dense: every sampled token moves it; the untrained model's answers score about 0.1)."""
+    from rlhf.rewards import completion_text
+
+    texts = [completion_text(c).replace(" ", "") for c in completions]
+    return [sum(ch.isdigit() for ch in t) / max(1, len(t)) for t in texts]
