@@ -173,9 +173,10 @@ class TrainStageConfig:
     save_every_steps: int = 0
     # resumable checkpoints kept in <run dir>/trainer
     keep_checkpoints: int = 1
-    # continue from the newest checkpoint in <run dir>/trainer (rerun with the same
-    # hydra.run.dir); the W&B run continues too
-    resume: bool = False
+    # continue from the newest complete checkpoint in <run dir>/trainer (rerun with the same
+    # hydra.run.dir); the W&B run continues too. true, false, or auto: true inside a Slurm
+    # job (a requeued job resumes by itself), false elsewhere (rlhf/stages/preemption.py)
+    resume: Any = "auto"
 
 
 @dataclass
@@ -624,6 +625,10 @@ def validate_training(stage: Any, world: int) -> None:
                           "by itself; also set stage.packing=true")
     if stage.max_steps == 0:
         raise ConfigError("stage.max_steps=0 trains nothing; use -1 (epochs) or a positive count")
+    if not isinstance(stage.resume, bool) and str(stage.resume).lower() not in ("auto", "true",
+                                                                                 "false"):
+        raise ConfigError(f"stage.resume={stage.resume}: use true, false or auto (resume "
+                          "inside a Slurm job)")
 
 
 def eval_data_field(stage: Any) -> str | None:

@@ -14,6 +14,7 @@ from rlhf.config import Backend, Precision
 from rlhf.distributed import is_main_process, mean_over_ranks, world_size
 from rlhf.distributed.deepspeed_config import deepspeed_config
 from rlhf.models.loading import CHECKPOINT_SUBDIR
+from rlhf.stages import preemption
 from rlhf.tracking import make_tracker
 
 
@@ -74,7 +75,9 @@ def training_arguments(cfg, out: Path) -> dict:
         # state) in <run dir>/trainer; with "steps" the trainer also saves at the end
         save_strategy="steps",
         save_steps=stage.save_every_steps or 1_000_000_000,
-        save_total_limit=stage.keep_checkpoints,
+        # stage.keep_checkpoints is applied by rlhf.stages.preemption once the new checkpoint
+        # is complete (the Trainer's rotation would delete the old one first)
+        save_total_limit=None,
         deepspeed=deepspeed_config(cfg.distributed, stage, world_size(), on_gpu),
         ddp_backend=(cfg.distributed.dist_backend or (None if on_gpu else "gloo"))
         if world_size() > 1 else None,
@@ -94,6 +97,8 @@ class StageRun:
 
     def __init__(self, cfg):
         self.cfg = cfg
+        preemption.resolve_resume(cfg)  # stage.resume=auto: true inside a Slurm job
+        preemption.install()  # USR2/TERM inside a Slurm job: checkpoint, requeue, exit
         self.out = runs.run_dir()
         self.started = time.time()
         if is_main_process():
@@ -141,14 +146,13 @@ def write_log_history(trainer, out: Path) -> None:
 
 
 def train(trainer, cfg, out: Path):
-    """trainer.train(), resuming from the newest checkpoint in <run dir>/trainer if asked."""
-    from transformers.trainer_utils import get_last_checkpoint
-
-    checkpoints = out / "trainer"
-    last = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
-    if cfg.stage.resume and last is None and is_main_process():
-        print(f"rlhf: stage.resume=true but {checkpoints} holds no checkpoint; starting fresh")
-    return trainer.train(resume_from_checkpoint=last if cfg.stage.resume else None)
+    """trainer.train(), resuming from the newest complete checkpoint in <run dir>/trainer when
+    stage.resume says so (auto: inside a Slurm job). Checkpoints are marked complete and
+    rotated, and a USR2/TERM inside a Slurm job saves, requeues and exits, by
+    rlhf.stages.preemption's callback."""
+    trainer.add_callback(preemption.trainer_callback(cfg.stage.keep_checkpoints))
+    last = preemption.resume_from(cfg, out / "trainer")
+    return trainer.train(resume_from_checkpoint=str(last) if last else None)
 
 
 def save_final_model(trainer, tokenizer, cfg, out: Path) -> Path:
