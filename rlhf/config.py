@@ -241,7 +241,22 @@ class HeldOutEvalConfig:
 
 @dataclass
 class EvalStageConfig(HeldOutEvalConfig):
+    """One model (model.path), or several side by side (stage.models; docs/evaluation.md)."""
     name: str = "eval"
+    # name -> run dir or checkpoint, evaluated with identical generation settings on the
+    # same prompts, e.g. {sft: <run>, dpo: <run>}; empty: model.path alone
+    models: Dict[str, str] = field(default_factory=dict)
+    # the name in `models` that the others are compared with (win rate, KL)
+    baseline: Optional[str] = None
+    # SFT conversations (e.g. ${data.sft_eval}) whose last assistant turn is the reference
+    # answer (perplexity, BLEU, chrF, ROUGE-L); they replace data.eval_prompts. null: the
+    # prompt rows' own `reference` field, when every row has one
+    references: Optional[str] = None
+    # win rate against the baseline: a tie when the reward-model scores differ by at most this
+    tie_margin: float = 0.0
+    # resamples of the prompts for the confidence intervals, and their level
+    bootstrap_samples: int = 1000
+    confidence: float = 0.95
 
 
 @dataclass
@@ -385,6 +400,33 @@ class PPOStageConfig(TrainStageConfig):
 
 
 @dataclass
+class ExportStageConfig:
+    """A clean Hugging Face directory (<run dir>/model) from a stage's run: LoRA merged, ZeRO
+    shards consolidated, generation_config.json and a README.md model card with the lineage
+    (rlhf/stages/export.py, docs/deploy.md). The run exported is model.path, or the best of
+    stage.candidates by stage.select_by."""
+    name: str = "export"
+    # run dirs (or checkpoints) to choose from; an eval run stands for the model it evaluated.
+    # Empty: export model.path
+    candidates: List[str] = field(default_factory=list)
+    # the metric (in each candidate's metrics.json) that picks the candidate, e.g.
+    # eval/oracle_fact_greedy; ties go to the earlier candidate
+    select_by: Optional[str] = None
+    # true: the highest value wins; false: the lowest (a loss)
+    higher_is_better: bool = True
+    # the model card's title; null: <model.name>-<stage of the exported run>
+    model_name: Optional[str] = None
+    # the license named in the model card's metadata (an SPDX id, e.g. apache-2.0); null: none
+    license: Optional[str] = None
+    # the weights' dtype in the export; auto: as the run saved them
+    dtype: DType = DType.auto
+    # generation_config.json's default length of an answer
+    max_new_tokens: int = 256
+    # largest safetensors file; bigger models are split with an index
+    max_shard_size: str = "5GB"
+
+
+@dataclass
 class PipelineStageConfig:
     name: str = "pipeline"
 
@@ -495,7 +537,8 @@ def register_configs() -> None:
     # rloo has no schema of its own: conf/stage/rloo.yaml extends grpo
     for name, node in {"sft": SFTStageConfig, "rm": RMStageConfig, "eval": EvalStageConfig,
                        "dpo": DPOStageConfig, "grpo": OnlineRLStageConfig,
-                       "ppo": PPOStageConfig, "pipeline": PipelineStageConfig}.items():
+                       "ppo": PPOStageConfig, "export": ExportStageConfig,
+                       "pipeline": PipelineStageConfig}.items():
         cs.store(group="stage", name=f"{name}_schema", node=node)
     for group, node in {"model": ModelConfig, "data": DataConfig,
                         "distributed": DistributedConfig, "logger": LoggerConfig,
@@ -582,6 +625,9 @@ def validate(cfg: Any, world: int | None = None) -> None:
         validate_ppo(stage, cfg.model, cfg.distributed, world)
     if stage.name == "eval":
         validate_heldout(stage, "stage")
+        validate_eval_models(stage)
+    if stage.name == "export":
+        validate_export(stage)
     if hasattr(stage, "heldout"):
         validate_heldout(stage.heldout, "stage.heldout")
     if stage.name == "rm" and stage.reward_stats_rows < 1:
@@ -771,6 +817,41 @@ def validate_ppo(stage: Any, model: Any, dist: Any, world: int) -> None:
     if model.lora.enabled and dist.backend == Backend.deepspeed and dist.zero.stage == 3:
         raise ConfigError("stage=ppo with LoRA under ZeRO-3 is not supported yet; use "
                           "distributed=zero2 (LoRA's trained weights are small) or full training")
+
+
+def validate_export(stage: Any) -> None:
+    if stage.candidates and not stage.select_by:
+        raise ConfigError(f"stage.candidates lists {len(stage.candidates)} runs but "
+                          "stage.select_by is not set; name the metric that picks one, e.g. "
+                          "stage.select_by=eval/oracle_fact_greedy")
+    if stage.select_by and not stage.candidates:
+        raise ConfigError(f"stage.select_by={stage.select_by} picks among stage.candidates, "
+                          "which is empty; list the runs, or drop stage.select_by to export "
+                          "model.path")
+    if stage.max_new_tokens < 1:
+        raise ConfigError(f"stage.max_new_tokens={stage.max_new_tokens} must be at least 1")
+
+
+def validate_eval_models(stage: Any) -> None:
+    """stage=eval over several models (stage.models, stage.baseline)."""
+    names = list(stage.models)
+    if stage.baseline is not None and stage.baseline not in names:
+        raise ConfigError(f"stage.baseline={stage.baseline} is not one of stage.models "
+                          f"({', '.join(names) or 'empty'}); name one of them")
+    if len(names) > 1 and stage.baseline is None:
+        raise ConfigError(f"stage.models has {len(names)} models; name the one the others are "
+                          f"compared with, e.g. stage.baseline={names[0]}")
+    bad = [n for n in names if not n or "/" in n or not stage.models[n]]
+    if bad:
+        raise ConfigError(f"stage.models.{bad[0]}: a model needs a name without '/' and a path "
+                          "(run dir or checkpoint)")
+    if names and stage.reference_path:
+        raise ConfigError("stage.reference_path is for one model; with stage.models the KL is "
+                          "taken to stage.baseline")
+    if not 0 < stage.confidence < 1 or stage.bootstrap_samples < 1 or stage.tie_margin < 0:
+        raise ConfigError(f"stage.confidence={stage.confidence} must be in (0, 1), "
+                          f"stage.bootstrap_samples={stage.bootstrap_samples} >= 1 and "
+                          f"stage.tie_margin={stage.tie_margin} >= 0")
 
 
 def validate_heldout(settings: Any, prefix: str) -> None:

@@ -23,6 +23,7 @@ STAGES = {
     "grpo": "rlhf.stages.online_rl",
     "rloo": "rlhf.stages.online_rl",
     "ppo": "rlhf.stages.ppo",
+    "export": "rlhf.stages.export",
     "pipeline": "rlhf.stages.pipeline",
 }
 
