@@ -21,6 +21,14 @@ def export_slurm_env(environ=os.environ) -> None:
                                                                    "127.0.0.1")))
     # the same port on every task of the job, different across jobs sharing a node
     environ.setdefault("MASTER_PORT", str(20000 + int(environ.get("SLURM_JOB_ID", "0")) % 20000))
+    if "DS_ACCELERATOR" not in environ and not _has_cuda():
+        environ["DS_ACCELERATOR"] = "cpu"  # DeepSpeed on CPU (gloo), as launch_ranks does
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def first_slurm_host(nodelist: str) -> str:
