@@ -244,8 +244,10 @@ class EvalStageConfig(HeldOutEvalConfig):
     """One model (model.path), or several side by side (stage.models; docs/evaluation.md)."""
     name: str = "eval"
     # name -> run dir or checkpoint, evaluated with identical generation settings on the
-    # same prompts, e.g. {sft: <run>, dpo: <run>}; empty: model.path alone
-    models: Dict[str, str] = field(default_factory=dict)
+    # same prompts, e.g. stage.models='{sft: <run>, dpo: <run>}'; null: model.path alone.
+    # (Any, not Dict[str, str]: Hydra cannot set a typed dict's new keys from the command
+    # line; validate_eval_models checks the names and paths)
+    models: Any = None
     # the name in `models` that the others are compared with (win rate, KL)
     baseline: Optional[str] = None
     # SFT conversations (e.g. ${data.sft_eval}) whose last assistant turn is the reference
@@ -834,14 +836,18 @@ def validate_export(stage: Any) -> None:
 
 def validate_eval_models(stage: Any) -> None:
     """stage=eval over several models (stage.models, stage.baseline)."""
-    names = list(stage.models)
+    if stage.models is not None and not OmegaConf.is_dict(stage.models):
+        raise ConfigError(f"stage.models={stage.models} must map names to run dirs or "
+                          "checkpoints, e.g. stage.models='{sft: <run>, dpo: <run>}'")
+    names = list(stage.models or {})
     if stage.baseline is not None and stage.baseline not in names:
         raise ConfigError(f"stage.baseline={stage.baseline} is not one of stage.models "
                           f"({', '.join(names) or 'empty'}); name one of them")
     if len(names) > 1 and stage.baseline is None:
         raise ConfigError(f"stage.models has {len(names)} models; name the one the others are "
                           f"compared with, e.g. stage.baseline={names[0]}")
-    bad = [n for n in names if not n or "/" in n or not stage.models[n]]
+    bad = [n for n in names if not isinstance(n, str) or "/" in n
+           or not isinstance(stage.models[n], str) or not stage.models[n]]
     if bad:
         raise ConfigError(f"stage.models.{bad[0]}: a model needs a name without '/' and a path "
                           "(run dir or checkpoint)")

@@ -9,6 +9,10 @@ reward-model score is reported beside the oracle's, so reward hacking shows; wit
 `reference_path`, the KL from the reference to the policy on the sampled answers. dpo, grpo and
 rloo end with the same evaluation (their `stage.heldout`). Writes `samples.jsonl` (every prompt
 with its answers and scores) and `metrics.json` (`eval/oracle_greedy`, `eval/kl_to_reference`...).
+
+With `stage.models={name: run, ...}` and `stage.baseline`, several models are evaluated side by
+side instead: perplexity, BLEU/chrF/ROUGE-L against reference answers, win rate against the
+baseline with a bootstrap interval (rlhf/evaluation/compare_models.py, docs/evaluation.md).
 """
 
 from __future__ import annotations
@@ -143,6 +147,9 @@ def evaluate_trained_policy(cfg, stage_run: StageRun, reward_model: str | None,
 def run(cfg) -> dict:
     stage_run = StageRun(cfg)
     stage = cfg.stage
+    if stage.models:  # several models side by side (rlhf/evaluation/compare_models.py)
+        from rlhf.evaluation.compare_models import evaluate_models
+        return stage_run.finish(evaluate_models(cfg, stage_run))
     return stage_run.finish(evaluate_policy(cfg, stage, cfg.model.path, stage_run,
                                             stage.reward_model, stage.reference_path))
 
