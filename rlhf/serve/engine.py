@@ -98,6 +98,7 @@ class Engine:
         self.cond = threading.Condition()
         self.stopping = False
         self.peak_in_flight = 0  # most sequences ever decoded together (tests check the cap)
+        self.cancelled_sequences = 0  # left the batch because their client went away
         self.thread = threading.Thread(target=self._loop, name="rlhf-serve-engine", daemon=True)
 
     # ------------------------------------------------------------ public, any thread
@@ -137,7 +138,9 @@ class Engine:
                     return
                 admitted = self._admit()
             try:
-                self._drop([s for s in self.active if s.request.cancelled])
+                gone = [s for s in self.active if s.request.cancelled]
+                self.cancelled_sequences += len(gone)
+                self._drop(gone)
                 if admitted:
                     self._prefill(admitted)
                 if self.active:
