@@ -214,9 +214,8 @@ class Engine:
         self.peak_in_flight = max(self.peak_in_flight, len(self.active))
         ids = torch.tensor([[s.generated[-1]] for s in self.active], device=self.device)
         positions = torch.tensor([[s.length - 1] for s in self.active], device=self.device)
-        mask = torch.ones(len(self.active), self.width + 1, dtype=torch.long, device=self.device)
-        for row, s in enumerate(self.active):
-            mask[row, :s.pad] = 0
+        pads = torch.tensor([[s.pad] for s in self.active], device=self.device)
+        mask = (torch.arange(self.width + 1, device=self.device) >= pads).long()
         logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
                             past_key_values=self.cache, use_cache=True).logits[:, -1]
         self.width += 1
