@@ -301,7 +301,13 @@ def consolidate_zero(path: Path, dtype):
     state = get_fp32_state_dict_from_zero_checkpoint(str(path))
     config = AutoConfig.from_pretrained(str(path))
     model = auto_class(config).from_config(config)
-    model.load_state_dict(state, strict=False)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    model.tie_weights()
+    tied = getattr(config, "tie_word_embeddings", False)
+    missing = [k for k in missing if not (tied and k.startswith("lm_head."))]
+    if missing or unexpected:
+        raise ModelLoadError(f"{path}: the consolidated ZeRO checkpoint does not fit "
+                             f"config.json (missing {missing[:3]}, unexpected {unexpected[:3]})")
     if dtype != "auto":
         model = model.to(dtype)
     return model
