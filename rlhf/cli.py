@@ -57,12 +57,15 @@ def main() -> None:
         except UserError as err:
             exit_with(err)
     app()
+    for sweep in LOCAL_SWEEPS:  # a local sweep ended: its runs side by side (rlhf-compare)
+        print_sweep_table(sweep)
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name=CONFIG_NAME)
 def app(cfg: DictConfig) -> dict:
     redact_hydra_files()  # first: whatever happens next, they hold no secret
     export_slurm_env()  # under srun, speak torchrun's variables from here on
+    note_local_sweep()
     try:
         check(cfg, world_size() if inside_distributed() else None)
         if cfg.stage.name not in SINGLE_PROCESS_STAGES and needs_launch(cfg):
@@ -75,6 +78,29 @@ def app(cfg: DictConfig) -> dict:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise  # the user asked for tracebacks
         exit_with(err)
+
+
+# the sweeps (`rlhf -m`) whose jobs ran in this process, for their table at the end
+LOCAL_SWEEPS: list[str] = []
+
+
+def note_local_sweep() -> None:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode == RunMode.MULTIRUN and hydra_cfg.sweep.dir not in LOCAL_SWEEPS:
+        LOCAL_SWEEPS.append(hydra_cfg.sweep.dir)
+
+
+def print_sweep_table(sweep: str) -> None:
+    from rlhf.compare import sweep_summary
+
+    try:
+        print(sweep_summary(sweep))
+    except Exception as err:  # noqa: BLE001  (the sweep itself succeeded)
+        print(f"rlhf: no comparison table for {sweep} ({one_line(err)}); "
+              f"try `rlhf-compare {sweep}`")
 
 
 def exit_with(err: UserError) -> None:

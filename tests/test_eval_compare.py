@@ -176,3 +176,88 @@ def test_eval_models_config_errors(run_stage, tmp_path):
         ["stage.models={a: x, b: y}", "stage.baseline=c"])
     assert "e.g. stage.baseline=a" in error(["stage.models={a: x, b: y}"])
     assert "stage.confidence=1.5" in error(["stage.models={a: x}", "stage.confidence=1.5"])
+
+
+# ---------------------------------------------------------------- rlhf-compare
+@pytest.fixture(scope="module")
+def sweep(run_cli, tmp_path_factory):
+    """A real local sweep: 3 tiny SFT runs at 3 learning rates, logged to W&B offline."""
+    cwd = tmp_path_factory.mktemp("sweep")
+    result = run_cli(["-m", "stage=sft", "debug=tiny", "stage.learning_rate=1e-3,4e-3,2e-3",
+                      "stage.logging_steps=1", "logger=wandb", "logger.mode=offline",
+                      f"hydra.sweep.dir={cwd / 'sweep'}"], cwd=cwd,
+                     env={"WANDB_MODE": "offline", "WANDB_API_KEY": ""})
+    assert result.returncode == 0, result.output[-3000:]
+    return cwd / "sweep", result.output
+
+
+def line_colours(png) -> set[int]:
+    """Which of matplotlib's first 6 line colours (tab10 C0-C5) the image shows."""
+    from matplotlib.colors import to_rgb
+    from PIL import Image
+
+    pixels = {rgb for _, rgb in Image.open(png).convert("RGB").getcolors(1 << 24)}
+    found = set()
+    for i in range(6):
+        rgb = tuple(round(255 * c) for c in to_rgb(f"C{i}"))
+        if sum(1 for p in pixels if max(abs(a - b) for a, b in zip(p, rgb)) <= 2):
+            found.add(i)
+    return found
+
+
+def test_sweep_ends_with_its_table(sweep):
+    sweep_dir, output = sweep
+    table = output[output.index("=== 3 runs of the sweep"):].splitlines()
+    assert table[1].split()[:2] == ["run", "stage.learning_rate"]
+    assert [row.split()[:2] for row in table[2:5]] == [["0_sft", "0.001"], ["1_sft", "0.004"],
+                                                       ["2_sft", "0.002"]]
+
+
+def test_compare_local_sweep_table_csv_and_plot(sweep, tmp_path, capsys):
+    from rlhf.compare import main
+
+    sweep_dir, _ = sweep
+    out = tmp_path / "cmp"
+    assert main([str(sweep_dir), "--metrics", "eval/loss,train/loss", "--sort", "eval/loss",
+                 "--ascending", "--out", str(out)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["run", "stage.learning_rate", "eval/loss", "train/loss"]
+    rows = [line.split() for line in lines[1:4]]
+    losses = [json.loads((sweep_dir / r[0] / "metrics.json").read_text())["eval/loss"]
+              for r in rows]
+    assert losses == sorted(losses)  # sorted by the chosen metric
+    assert {r[1] for r in rows} == {"0.001", "0.002", "0.004"}  # the swept parameter
+    with open(out / "compare.csv") as f:
+        saved = list(csv.DictReader(f))
+    assert [r["run"] for r in saved] == [r[0] for r in rows]
+    assert float(saved[0]["eval/loss"]) == pytest.approx(losses[0])
+    from PIL import Image
+
+    png = out / "train_loss.png"
+    assert Image.open(png).size == (800, 500)
+    assert line_colours(png) == {0, 1, 2}  # one line per run, no fourth
+
+
+def test_compare_wandb_offline_files_and_the_api_error(sweep, tmp_path, capsys, monkeypatch):
+    from rlhf.compare import main
+
+    sweep_dir, _ = sweep
+    # where the API cannot be reached (no key here): one clear line, exit code 2
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no_netrc"))
+    assert main(["--wandb", "rlhf", "--group", sweep_dir.name]) == 2
+    err = capsys.readouterr().err
+    assert "through the W&B API" in err and "--wandb-dir" in err
+    # the same runs read back from the offline files W&B wrote
+    assert main(["--wandb", "rlhf", "--group", sweep_dir.name, "--wandb-dir", str(sweep_dir),
+                 "--metrics", "eval/loss", "--sort", "eval/loss", "--out",
+                 str(tmp_path / "w")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[-2:] == ["stage.learning_rate", "eval/loss"]
+    local = {json.loads((d / "metrics.json").read_text())["eval/loss"]
+             for d in sweep_dir.iterdir() if d.is_dir()}
+    logged = sorted(float(line.split()[-1]) for line in lines[1:4])
+    assert logged == pytest.approx(sorted(float(f"{v:.4g}") for v in local))
+    assert line_colours(tmp_path / "w" / "train_loss.png") == {0, 1, 2}
+    assert main(["--wandb", "rlhf", "--group", "no-such-group", "--wandb-dir",
+                 str(sweep_dir)]) == 2
