@@ -68,7 +68,7 @@ def app(cfg: DictConfig) -> dict:
     note_local_sweep()
     try:
         check(cfg, world_size() if inside_distributed() else None)
-        if cfg.stage.name not in SINGLE_PROCESS_STAGES and needs_launch(cfg):
+        if not single_process(cfg) and needs_launch(cfg):
             code = launch_ranks(cfg)
             if code:
                 sys.exit(code)
@@ -78,6 +78,14 @@ def app(cfg: DictConfig) -> dict:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise  # the user asked for tracebacks
         exit_with(err)
+
+
+def single_process(cfg) -> bool:
+    """SINGLE_PROCESS_STAGES, except stage=eval over several models (stage.models), whose
+    held-out prompts the ranks split."""
+    if cfg.stage.name == "eval" and cfg.stage.models:
+        return False
+    return cfg.stage.name in SINGLE_PROCESS_STAGES
 
 
 # the sweeps (`rlhf -m`) whose jobs ran in this process, for their table at the end
