@@ -261,3 +261,10 @@ def test_compare_wandb_offline_files_and_the_api_error(sweep, tmp_path, capsys, 
     assert line_colours(tmp_path / "w" / "train_loss.png") == {0, 1, 2}
     assert main(["--wandb", "rlhf", "--group", "no-such-group", "--wandb-dir",
                  str(sweep_dir)]) == 2
+
+
+def test_a_missing_model_is_named_before_anything_loads(run_stage, three_models, tmp_path):
+    message = run_stage.fails(["stage=eval", f"stage.models={{base: {three_models['base']}, "
+                               f"dpo: {tmp_path / 'nowhere'}}}", "stage.baseline=base"],
+                              tmp_path / "run")
+    assert message.startswith(f"stage.models.dpo={tmp_path / 'nowhere'}: no such directory")

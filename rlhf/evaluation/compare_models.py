@@ -29,7 +29,7 @@ from rlhf.distributed import is_main_process, rank, world_size
 from rlhf.evaluation.text_metrics import corpus_overlap, rouge_l, sentence_chrf
 from rlhf.models.generation import Answers, answer_logprobs, default_device, generate, \
     prompt_token_ids
-from rlhf.models.loading import load_causal_lm, load_tokenizer
+from rlhf.models.loading import load_causal_lm, load_tokenizer, resolve_model_path
 
 OUTCOME_NAMES = {1.0: "win", 0.5: "tie", 0.0: "loss"}
 
@@ -148,6 +148,10 @@ def evaluate_models(cfg, stage_run) -> dict:
     from rlhf.stages.eval import demo_oracle, score_answers
 
     stage, out = cfg.stage, stage_run.out
+    for name, path in stage.models.items():  # every path, before anything is loaded
+        resolve_model_path(path, f"stage.models.{name}")
+    if stage.reward_model:
+        resolve_model_path(stage.reward_model, "stage.reward_model")
     rows = heldout_rows(cfg, out)
     references = [r["reference"] for r in rows] if all("reference" in r for r in rows) else None
     if references is None:
