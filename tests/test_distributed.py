@@ -220,3 +220,33 @@ def test_zero2_resume_continues_from_the_sharded_checkpoint(run_cli, tmp_path):
     assert again.output.count("{'loss'") == 3 and first.output.count("{'loss'") == 3
     assert json.loads((run_dir / "metrics.json").read_text())["train/steps"] == 6
 
+
+@pytest.mark.distributed
+def test_zero3_lora_saves_the_merged_model_and_the_adapter(run_cli, cache_dir, tmp_path):
+    """Under ZeRO-3 every rank holds a shard of every weight; model/ held the adapter alone."""
+    import torch
+    from peft import PeftModel
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    run_dir = tmp_path / "lora"
+    result = run_cli([*COMMON, "debug.max_steps=3", "distributed=zero3",
+                      "distributed.nproc_per_node=2", "model.lora.enabled=true",
+                      "model.lora.r=4", f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+    assert result.returncode == 0, result.output[-4000:]
+    model_dir = run_dir / "model"
+    assert not (model_dir / "adapter_config.json").exists()
+    assert (model_dir / "adapter" / "adapter_config.json").exists()
+    assert not (model_dir / "training_args.bin").exists()
+    merged = load_file(str(model_dir / "model.safetensors"))
+    assert not any("lora" in name for name in merged)
+    # what PEFT's own merge of base + saved adapter gives, in one process
+    base = AutoModelForCausalLM.from_pretrained(cache_dir / "demo_tiny")
+    before = {k: v.clone() for k, v in base.state_dict().items()}
+    expected = PeftModel.from_pretrained(base, model_dir / "adapter").merge_and_unload()
+    expected = expected.state_dict()
+    assert merged.keys() <= expected.keys() and "model.embed_tokens.weight" in merged
+    for name, weight in merged.items():
+        torch.testing.assert_close(weight, expected[name], msg=name)
+    changed = [n for n in merged if not torch.equal(merged[n], before[n])]
+    assert changed and all("proj" in n for n in changed)  # LoRA's target modules moved

@@ -71,6 +71,24 @@ def test_run_dir_has_resolved_config(sft_run):
     assert cfg.stage.learning_rate == 2e-3 and "${" not in (run_dir / "config.yaml").read_text()
 
 
+def test_model_dir_holds_what_users_share_with_the_users_file_modes(sft_run):
+    """model/ held the trainer's pickled arguments; config.yaml, metrics.json and the
+    safetensors files were written 0600 (mkstemp, safetensors) whatever the umask."""
+    import os
+
+    run_dir, _ = sft_run
+    assert not (run_dir / "model" / "training_args.bin").exists()
+    assert (run_dir / "trainer" / "training_args.bin").exists()  # kept with the trainer state
+    umask = os.umask(0)
+    os.umask(umask)
+    written = [run_dir / "config.yaml", run_dir / "metrics.json", run_dir / "log_history.json",
+               *(run_dir / "model").rglob("*"), *(run_dir / "trainer").rglob("*")]
+    assert run_dir / "model" / "model.safetensors" in written
+    modes = {str(p.relative_to(run_dir)): oct(p.stat().st_mode & 0o777)
+             for p in written if p.is_file()}
+    assert set(modes.values()) == {oct(0o666 & ~umask)}, modes
+
+
 def test_wandb_offline_run_has_metrics_and_config_without_secrets(sft_run):
     run_dir, output = sft_run
     files = list(run_dir.glob("wandb/offline-run-*/run-*.wandb"))

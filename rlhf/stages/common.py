@@ -103,12 +103,16 @@ class StageRun:
         self.started = time.time()
         if is_main_process():
             runs.save_config(cfg, self.out)
+            with_user_umask(self.out / "config.yaml")
         self.tracker = make_tracker(cfg, self.out)
 
     def finish(self, metrics: dict) -> dict:
         metrics = {**metrics, "runtime_s": round(time.time() - self.started, 2)}
         if is_main_process():
             runs.write_metrics(self.out, metrics)
+            with_user_umask(self.out / "metrics.json")
+            if (self.out / "trainer").is_dir():  # checkpoints: safetensors writes 0600 too
+                with_user_umask(self.out / "trainer")
         self.tracker.finish(summary=metrics)
         return metrics
 
@@ -159,25 +163,98 @@ def save_final_model(trainer, tokenizer, cfg, out: Path) -> Path:
     """Write the Hugging Face checkpoint `<run dir>/model` (written aside, then renamed).
 
     Every rank calls this: under ZeRO-3 saving gathers the parameter shards, a collective.
+    `model/` is what users share: weights, config and tokenizer, with the user's file modes;
     LoRA adapters are merged into a plain checkpoint (the adapter alone goes to
-    model/adapter); under ZeRO-3 the adapter is saved as it is."""
+    model/adapter), under ZeRO-3 too; the pickled training arguments stay in `trainer/`."""
     import torch.distributed as dist
 
     final, tmp = out / CHECKPOINT_SUBDIR, out / ".tmp-model"
-    zero3 = cfg.distributed.backend == Backend.deepspeed and cfg.distributed.zero.stage == 3
     if is_main_process() and tmp.exists():
         shutil.rmtree(tmp)
-    if hasattr(trainer.model, "merge_and_unload") and not zero3:
-        if is_main_process():
-            trainer.model.save_pretrained(tmp / "adapter")
-            trainer.model.merge_and_unload().save_pretrained(tmp, safe_serialization=True)
+    if hasattr(trainer.model, "merge_and_unload"):
+        save_merged_lora(trainer, cfg, tmp)
     else:
         trainer.save_model(str(tmp))
     if is_main_process():
+        keep_with_trainer_state(tmp, out)
         tokenizer.save_pretrained(tmp)
+        with_user_umask(tmp)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
     if dist.is_initialized():
         dist.barrier()
     return final
+
+
+def zero3(cfg) -> bool:
+    return cfg.distributed.backend == Backend.deepspeed and cfg.distributed.zero.stage == 3
+
+
+def save_merged_lora(trainer, cfg, tmp: Path) -> None:
+    """The adapter to `tmp/adapter` and base + adapter, merged, to `tmp` (rank 0 writes).
+
+    Under ZeRO-3 every rank holds a shard of every weight: all ranks gather the whole state
+    dict to rank 0 (the trainer's own ZeRO-3 save does the same), which merges it into a copy
+    built on the meta device, so the trained model is left as it is and no second random
+    copy of the model is allocated."""
+    model = trainer.model
+    if zero3(cfg):
+        if not cfg.distributed.zero.stage3_gather_16bit_weights_on_model_save:
+            # the user turned gathering off: nothing to merge from, DeepSpeed's shards it is
+            trainer.save_model(str(tmp))
+            return
+        # a collective; the whole state dict only on rank 0
+        state = trainer.accelerator.get_state_dict(trainer.deepspeed)
+        if not is_main_process():
+            return
+        model = lora_copy(model, state)
+    if is_main_process():
+        model.save_pretrained(tmp / "adapter")
+        model.merge_and_unload().save_pretrained(tmp, safe_serialization=True)
+
+
+def lora_copy(peft_model, state: dict):
+    """A PeftModel like `peft_model` (same class, config and adapter) holding `state`.
+
+    Built on the meta device and given the tensors of `state` themselves (assign=True)."""
+    import torch
+    from peft import get_peft_model
+
+    from rlhf.compat import forget_deepspeed_zero3_init
+
+    # transformers would build the copy as a partitioned ZeRO-3 model (a collective) while
+    # the run's DeepSpeed config is registered; rank 0 is alone here
+    forget_deepspeed_zero3_init()
+    base = peft_model.get_base_model()
+    adapter = peft_model.active_adapter
+    with torch.device("meta"):
+        copy = get_peft_model(type(base)(base.config), peft_model.peft_config[adapter],
+                              adapter_name=adapter)
+    copy.load_state_dict(state, strict=True, assign=True)
+    copy.get_base_model().tie_weights()  # assign=True gave tied weights a tensor each
+    return copy
+
+
+# written by the Trainer into the model's folder; a pickle, which users are told not to load
+# from strangers, so it is kept with the resumable state (every checkpoint-* has one too)
+TRAINING_ARGS = "training_args.bin"
+
+
+def keep_with_trainer_state(model_dir: Path, out: Path) -> None:
+    if (model_dir / TRAINING_ARGS).exists():
+        (out / "trainer").mkdir(exist_ok=True)
+        os.replace(model_dir / TRAINING_ARGS, out / "trainer" / TRAINING_ARGS)
+
+
+def with_user_umask(path: Path) -> None:
+    """Give `path` and what it holds the modes the user's umask asks for.
+
+    safetensors 0.8 (model.safetensors) and temporary-file writes (mkstemp: config.yaml,
+    metrics.json) create files readable by their owner only (0600), whatever the umask."""
+    umask = os.umask(0)  # reading the umask means setting it; put it straight back
+    os.umask(umask)
+    paths = [path, *path.rglob("*")] if path.is_dir() else [path]
+    for p in paths:
+        if p.is_file() or p.is_dir():
+            os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~umask)
