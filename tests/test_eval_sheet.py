@@ -26,8 +26,8 @@ def test_cohen_kappa_hand_worked():
 
 
 def test_fleiss_kappa_hand_worked():
-    # Fleiss (1971)'s worked layout as usually quoted: 10 items, 14 raters, 5 categories;
-    # P_bar = 0.378, P_e = 0.213, kappa = 0.210
+    # the worked example of Wikipedia's "Fleiss' kappa" article: 10 items, 14 raters,
+    # 5 categories; P_bar = 0.378, P_e = 0.213, kappa = 0.210
     table = [[0, 0, 0, 0, 14], [0, 2, 6, 4, 2], [0, 0, 3, 5, 6], [0, 3, 9, 2, 0],
              [2, 2, 8, 1, 1], [7, 7, 0, 0, 0], [3, 2, 6, 3, 0], [2, 5, 3, 2, 2],
              [6, 5, 2, 1, 0], [0, 2, 2, 3, 7]]
@@ -128,6 +128,10 @@ def test_round_trip_gives_the_expected_rates(eval_run, tmp_path):
                  "--out", str(out), "--bootstrap-samples", "500"]) == 0
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["human/dpo_vs_sft/win_rate"] == pytest.approx(14 / 16)
+    # a run for rlhf-compare like any other
+    from rlhf.compare import local_runs
+    run, = local_runs([out])
+    assert run.metrics["human/cohen_kappa"] == pytest.approx(metrics["human/cohen_kappa"])
 
 
 def test_bad_sheets_are_reported_per_row(eval_run, tmp_path, capsys):

@@ -33,8 +33,8 @@ def outcomes(scores: list[float], baseline: list[float], tie_margin: float = 0.0
 
 
 def outcome_rates(results: list[float]) -> dict:
-    """win/tie/loss shares and the win rate, a tie counting half (as in AlpacaEval and
-    Chatbot Arena's win rate with ties): (wins + ties / 2) / n."""
+    """win/tie/loss shares and the win rate, a tie counting half (as AlpacaEval's win rate
+    counts them, Li et al. 2023): (wins + ties / 2) / n."""
     n = max(len(results), 1)
     counts = Counter(results)
     return {"win": counts[WIN] / n, "tie": counts[TIE] / n, "loss": counts[LOSS] / n,

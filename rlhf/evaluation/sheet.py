@@ -363,8 +363,11 @@ def run_import(args) -> int:
         return 2
     key = json.loads(args.key.read_text())
     print(rates_table(metrics, key["pairs"], args.confidence))
-    if args.out:
+    if args.out:  # a run directory as rlhf-compare reads one: config.yaml and metrics.json
         from rlhf.runs import write_metrics
+        (args.out / "config.yaml").write_text(json.dumps(
+            {"stage": {"name": "human_eval"}, "key": str(args.key.resolve()),
+             "sheets": [str(s.resolve()) for s in args.sheets]}, indent=1) + "\n")
         write_metrics(args.out, metrics)
     if args.wandb_project:
         import wandb
