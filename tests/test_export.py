@@ -1,4 +1,5 @@
-"""stage=export (a clean Hugging Face directory with a model card) and rlhf-chat.
+"""stage=export: a clean Hugging Face directory with a model card (rlhf-chat is tested in
+tests/test_serve.py, on the served model).
 
 The export of a few SFT steps on the tiny demo model is built once per session in cache_dir
 (`exported_model`, also served by tests/test_serve.py)."""
@@ -129,17 +130,3 @@ def test_export_picks_the_best_candidate(run_stage, cache_dir, export_runs, tmp_
     assert [e.get("stage") for e in lineage] == ["eval", "sft", None]
     assert run_stage.fails(["stage=export", f"stage.candidates=[{other}]"], tmp_path / "x") \
         .startswith("stage.candidates lists 1 runs but stage.select_by is not set")
-
-
-def test_rlhf_chat_through_stdin(export_runs):
-    """Multi-turn, /reset and /exit, driven through stdin as a user would type."""
-    model = export_runs[1] / "model"
-    proc = subprocess.run(
-        [sys.executable, "-m", "rlhf.chat", str(model), "--system", "Be brief.",
-         "--temperature", "0", "--max-new-tokens", "6"],
-        input="Hello\nWhere is my order?\n/reset\nHi again\n/exit\nnever read\n",
-        text=True, capture_output=True, timeout=120,
-        cwd=Path(__file__).resolve().parent.parent)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.count("assistant> ") == 3  # three answers, nothing after /exit
-    assert "[conversation reset]" in proc.stderr

@@ -1,6 +1,6 @@
 """rlhf-serve through the official `openai` client (and raw HTTP where the wire format is the
 point): plain and streamed answers, batching of concurrent requests, every bad request, a
-client that disconnects mid-stream, usage counts.
+client that disconnects mid-stream, usage counts; and rlhf-chat on the same model.
 
 One server for the module, in a thread of this process, built by the same `parse_args` and
 `build` as `rlhf-serve`. It serves the export of tests/test_export.py with its weights
@@ -13,9 +13,12 @@ from __future__ import annotations
 import json
 import shutil
 import socket
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import openai
@@ -23,6 +26,7 @@ import pytest
 
 from tests.test_export import exported_model
 
+REPO = Path(__file__).resolve().parent.parent
 KEY = "test-key"
 MAX_BATCH = 8
 PROMPTS = [f"Where is my order {i}?" + " Please check the shipping status." * (i % 4)
@@ -83,7 +87,8 @@ def reference(served, text: str, max_new_tokens: int) -> tuple[str, int, int]:
     ids = tok.apply_chat_template(messages(text), add_generation_prompt=True, tokenize=True,
                                   return_dict=False)
     with torch.no_grad():
-        out = engine.model.generate(torch.tensor([ids]), max_new_tokens=max_new_tokens,
+        out = engine.model.generate(torch.tensor([ids], device=engine.model.device),
+                                    max_new_tokens=max_new_tokens,
                                     do_sample=False)[0, len(ids):].tolist()
     if tok.eos_token_id in out:
         out = out[:out.index(tok.eos_token_id) + 1]
@@ -266,3 +271,27 @@ def test_end_of_turn_token_ends_the_answer(served, cache_dir):
     engine.stop()
     assert [e for e in events if isinstance(e, Token)] == []
     assert events[-1] == Finish(0, "stop", 1)
+
+
+def test_rlhf_chat_through_stdin(served):
+    """Multi-turn with the chat template, /reset and /exit, driven through stdin as a user
+    types; each streamed answer is the server's greedy answer to the same conversation."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "rlhf.chat", str(served["model_dir"]), "--system",
+         "You are a support agent.", "--temperature", "0", "--max-new-tokens", "6"],
+        input="Hello\nWhere is my order?\n/reset\n/bogus\nHello\n/exit\nnever read\n",
+        text=True, capture_output=True, timeout=120, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    answers = [a[:-1] for a in proc.stdout.split("assistant> ")[1:]]  # each ends with "\n"
+    assert len(answers) == 3  # nothing after /exit
+    assert "[conversation reset]" in proc.stderr and "unknown command /bogus" in proc.stderr
+    client = served["client"]
+
+    def server(history):
+        return client.chat.completions.create(model="tiny", messages=history, max_tokens=6,
+                                              temperature=0).choices[0].message.content
+    first = server(messages("Hello"))
+    assert answers[0] == first and answers[2] == first  # /reset forgot the first two turns
+    second = messages("Hello") + [{"role": "assistant", "content": first.strip()},
+                                  {"role": "user", "content": "Where is my order?"}]
+    assert answers[1] == server(second)
