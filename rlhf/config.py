@@ -823,7 +823,7 @@ def validate_ppo(stage: Any, model: Any, dist: Any, world: int) -> None:
 
 def validate_export(stage: Any) -> None:
     if stage.candidates and not stage.select_by:
-        raise ConfigError(f"stage.candidates lists {len(stage.candidates)} runs but "
+        raise ConfigError(f"stage.candidates lists {len(stage.candidates)} run(s) but "
                           "stage.select_by is not set; name the metric that picks one, e.g. "
                           "stage.select_by=eval/oracle_fact_greedy")
     if stage.select_by and not stage.candidates:

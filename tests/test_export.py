@@ -48,6 +48,7 @@ def test_export_is_a_clean_hf_dir_with_model_card(export_runs):
     sft_cfg = (sft / "config.yaml").read_text()
     # lineage: the SFT run, its data with hashes, its hyperparameters, back to the base
     assert "license: apache-2.0" in card and "library_name: transformers" in card
+    assert "# demo_tiny-sft\n" in card
     assert f"run directory: `{sft.resolve()}`" in card
     assert "`data.sft_train`" in card and "3000 rows, sha256 `" in card
     lineage = json.loads((export / "lineage.json").read_text())["lineage"]
@@ -126,7 +127,8 @@ def test_export_picks_the_best_candidate(run_stage, cache_dir, export_runs, tmp_
     assert metrics["export/eval/score"] == 0.9
     card = (out / "model" / "README.md").read_text()
     assert "Chosen among 2 runs by `eval/score`" in card and "| `eval/score` | 0.9 |" in card
+    assert "# demo_tiny-sft\n" in card  # named after the newest training stage
     lineage = json.loads((out / "lineage.json").read_text())["lineage"]
     assert [e.get("stage") for e in lineage] == ["eval", "sft", None]
     assert run_stage.fails(["stage=export", f"stage.candidates=[{other}]"], tmp_path / "x") \
-        .startswith("stage.candidates lists 1 runs but stage.select_by is not set")
+        .startswith("stage.candidates lists 1 run(s) but stage.select_by is not set")

@@ -61,7 +61,9 @@ def run(cfg) -> dict:
     if is_causal_lm(model):
         generation_config(model, tokenizer, model_dir, stage.max_new_tokens).save_pretrained(tmp)
     check_plain(tmp)
-    name = stage.model_name or f"{cfg.model.name}-{lineage[0].get('stage', 'model')}"
+    newest = next((e for e in lineage if e.get("stage") in TRAINING_STAGES), {})
+    name = stage.model_name or f"{newest.get('model_name') or cfg.model.name}-" \
+        f"{newest.get('stage', 'base')}"
     card = model_card(name, kind, lineage, choice, cfg, count_parameters(model))
     (tmp / "README.md").write_text(card)
     if final.exists():
