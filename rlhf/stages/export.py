@@ -129,7 +129,16 @@ def model_dir_of(source: str) -> str:
         if run in seen:
             raise ConfigError(f"{source}: its runs' model.path point at each other")
         seen.add(run)
-        path = OmegaConf.load(run / "config.yaml").model.path
+        path = started_from(run)
+
+
+def started_from(run: Path) -> str:
+    """The model.path a run ran on; an eval run over several models stands for none."""
+    cfg = OmegaConf.load(run / "config.yaml")
+    if OmegaConf.select(cfg, "stage.models") and not (run / CHECKPOINT_SUBDIR).is_dir():
+        raise ConfigError(f"{run} evaluated several models (stage.models), so it stands for "
+                          "none of them; give the run of the model itself")
+    return OmegaConf.select(cfg, "model.path")
 
 
 # ---------------------------------------------------------------- lineage
@@ -143,7 +152,7 @@ def trace_lineage(source: str) -> list[dict]:
             return lineage
         entry = run_entry(run)
         lineage.append(entry)
-        path = entry["model_path"]
+        path = started_from(run)
     raise ConfigError(f"{source}: the lineage is longer than {MAX_LINEAGE} runs; is there a loop "
                       "of model.path?")
 
