@@ -184,7 +184,9 @@ def sweep(run_cli, tmp_path_factory):
     """A real local sweep: 3 tiny SFT runs at 3 learning rates, logged to W&B offline."""
     cwd = tmp_path_factory.mktemp("sweep")
     result = run_cli(["-m", "stage=sft", "debug=tiny", "stage.learning_rate=1e-3,4e-3,2e-3",
-                      "stage.logging_steps=1", "logger=wandb", "logger.mode=offline",
+                      "stage.logging_steps=1", "stage.global_batch_size=8",
+                      "stage.per_device_batch_size=8", "debug.max_eval_rows=4",
+                      "logger=wandb", "logger.mode=offline",
                       f"hydra.sweep.dir={cwd / 'sweep'}"], cwd=cwd,
                      env={"WANDB_MODE": "offline", "WANDB_API_KEY": ""})
     assert result.returncode == 0, result.output[-3000:]
