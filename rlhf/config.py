@@ -772,9 +772,10 @@ def validate_ppo(stage: Any, model: Any, dist: Any, world: int) -> None:
                           f"must split into stage.num_minibatches={stage.num_minibatches} x "
                           f"{world} rank(s) x stage.per_device_batch_size="
                           f"{stage.per_device_batch_size}; choose a multiple of {per_minibatch}")
-    if stage.max_steps < 1:
-        raise ConfigError(f"stage.max_steps={stage.max_steps}: stage=ppo counts rollouts, not "
-                          "epochs; give a positive number of steps")
+    if stage.max_steps < 1 or stage.num_epochs != 1:
+        raise ConfigError(f"stage.max_steps={stage.max_steps}, stage.num_epochs="
+                          f"{stage.num_epochs}: stage=ppo counts rollouts, not epochs; give a "
+                          "positive stage.max_steps and leave stage.num_epochs alone")
     if stage.ppo_epochs < 1 or stage.num_minibatches < 1:
         raise ConfigError(f"stage.ppo_epochs={stage.ppo_epochs} and stage.num_minibatches="
                           f"{stage.num_minibatches} must both be at least 1")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 
 import pytest
@@ -223,3 +224,50 @@ def digit_share(prompts, completions, **kwargs) -> list[float]:
 
     texts = [completion_text(c).replace(" ", "") for c in completions]
     return [sum(ch.isdigit() for ch in t) / max(1, len(t)) for t in texts]
+
+
+# ---------------------------------------------------------------- config
+
+
+def test_every_ppo_field_is_read():
+    """A field nothing reads does nothing: stage=ppo must not offer it."""
+    import dataclasses
+    import inspect
+    import re
+    from pathlib import Path
+
+    from rlhf import config
+
+    repo = Path(__file__).resolve().parent.parent
+    sources = "".join((repo / f).read_text() for f in [
+        "rlhf/stages/ppo.py", "rlhf/rewards/__init__.py", "rlhf/stages/common.py",
+        "rlhf/models/trainable.py", "rlhf/distributed/deepspeed_config.py"])
+    sources += inspect.getsource(config.validate_ppo) + \
+        inspect.getsource(config.validate_eval_data)
+    unread = [f.name for f in dataclasses.fields(config.PPOStageConfig)
+              if f.name != "name" and not re.search(rf"\.{f.name}\b", sources)]
+    assert not unread
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["stage.global_batch_size=24", "stage.num_minibatches=2", "stage.per_device_batch_size=8"],
+     "must split into stage.num_minibatches=2 x 1 rank(s) x stage.per_device_batch_size=8"),
+    (["stage.reward_funcs=[]", "stage.reward_model=null"], "stage=ppo needs a reward"),
+    (["stage.critic_init=reward_model"], "stage.critic_init=reward_model starts the critic"),
+    (["stage.kl_estimator=k2"], "stage.kl_estimator='k2'; use one of k1, k3"),
+    (["stage.kl_in_reward=false"], "k1's gradient there is zero in expectation"),
+    (["stage.adaptive_kl=true", "stage.kl_coef=0"], "which is 0 and would stay 0"),
+    (["stage.reference=lora_base"], "set model.lora.enabled=true"),
+    (["stage.critic_warmup_steps=5", "stage.max_steps=5"], "leaves no step"),
+    (["stage.num_epochs=2"], "stage=ppo counts rollouts, not epochs"),
+    (["model.lora.enabled=true", "distributed=zero3"], "LoRA under ZeRO-3 is not supported"),
+    (["stage.top_p=0"], "must be > 0 and stage.top_p=0.0 in (0, 1]"),
+])
+def test_ppo_config_checks(run_stage, overrides, message):
+    from rlhf.config import validate
+    from rlhf.errors import ConfigError
+
+    cfg = run_stage.compose(["stage=ppo", f"stage.reward_funcs=[{SHORT}]",
+                             "stage.critic_init=policy", *overrides])
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        validate(cfg)
