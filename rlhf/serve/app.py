@@ -126,7 +126,10 @@ def create_app(engine: eng.Engine, model_id: str, api_key: str | None = None,
         except Exception as err:  # the template's own checks (jinja raise_exception)
             raise ApiError(400, f"The chat template rejects these messages: {err}",
                            "messages") from None
-        return tokenizer(text, add_special_tokens=False)["input_ids"]
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        if not ids:
+            raise ApiError(400, "The messages give an empty prompt.", "messages")
+        return ids
 
     def max_tokens(req: ChatRequest, prompt_len: int) -> int:
         room = engine.context - prompt_len
