@@ -143,7 +143,8 @@ def wandb_runs(project: str, group: str | None, offline_dir: Path | None) -> lis
 
 # ---------------------------------------------------------------- table, CSV, plots
 def differing_keys(runs: list[Run]) -> list[str]:
-    keys = sorted({k for r in runs for k in r.config})
+    """Config keys whose values differ between the runs, the stage's own first."""
+    keys = sorted({k for r in runs for k in r.config}, key=lambda k: (not k.startswith("stage."), k))
     return [k for k in keys if not k.startswith(IGNORED_KEYS)
             and len({json.dumps(r.config.get(k), sort_keys=True, default=str) for r in runs}) > 1]
 
@@ -178,14 +179,25 @@ def cell(value) -> str:
     return str(value)
 
 
-def table(runs: list[Run], metrics: list[str]) -> str:
-    keys = differing_keys(runs)
+# differing config keys shown in the table (all of them go to compare.csv): runs of different
+# stages differ in dozens
+MAX_TABLE_KEYS = 6
+
+
+def table(runs: list[Run], metrics: list[str], keys: list[str] | None = None) -> str:
+    keys = differing_keys(runs) if keys is None else keys
+    hidden = len(keys) - MAX_TABLE_KEYS
+    keys = keys[:MAX_TABLE_KEYS]
     header = ["run", *keys, *metrics]
     rows = [[r.name, *[cell(r.config.get(k)) for k in keys],
              *[cell(r.metrics.get(m)) for m in metrics]] for r in runs]
     widths = [max(len(x[i]) for x in [header, *rows]) for i in range(len(header))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip()
-                     for row in [header, *rows])
+    text = "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip()
+                      for row in [header, *rows])
+    if hidden > 0:
+        text += (f"\n({hidden} more config keys differ: choose with --keys, all are in "
+                 "compare.csv)")
+    return text
 
 
 def write_csv(runs: list[Run], metrics: list[str], path: Path) -> None:
@@ -212,7 +224,7 @@ def plot(runs: list[Run], metric: str, path: Path) -> int:
         if not points:
             continue
         label = " ".join([run.name, *[f"{k.rsplit('.', 1)[-1]}={cell(run.config.get(k))}"
-                                      for k in keys]])
+                                      for k in keys if len(keys) <= 3]])
         ax.plot([p[0] for p in points], [p[1] for p in points], marker=".", label=label)
         lines += 1
     ax.set_xlabel("step")
@@ -233,11 +245,12 @@ def plot_name(metric: str) -> str:
 
 def compare(runs: list[Run], metrics: list[str] | None = None, sort: str | None = None,
             ascending: bool = False, plots: list[str] | None = None,
-            out: Path | None = None) -> tuple[str, list[Path]]:
-    """(table text, PNGs written). compare.csv and the PNGs go to `out` when given."""
+            out: Path | None = None, keys: list[str] | None = None) -> tuple[str, list[Path]]:
+    """(table text, PNGs written). compare.csv and the PNGs go to `out` when given. `keys`:
+    the config keys shown in the table (default: those that differ between the runs)."""
     chosen = choose_metrics(runs, metrics)
     runs = sort_runs(runs, sort or (chosen[0] if metrics else None), ascending)
-    text = table(runs, chosen)
+    text = table(runs, chosen, keys)
     written = []
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
@@ -273,6 +286,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="with --wandb: read offline run files below this directory")
     parser.add_argument("--metrics", help="comma-separated final metrics (default: the usual "
                         "ones the runs have)")
+    parser.add_argument("--keys", help="comma-separated config keys shown in the table "
+                        "(default: those that differ between the runs)")
     parser.add_argument("--sort", help="sort by this metric (default: the first of --metrics)")
     parser.add_argument("--ascending", action="store_true", help="smallest first (losses)")
     parser.add_argument("--plot", help="comma-separated metrics to plot over steps (default "
@@ -288,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
             else local_runs(args.runs)
         split = (lambda s: [x for x in s.split(",") if x] if s else None)
         text, pngs = compare(runs, split(args.metrics), args.sort, args.ascending,
-                             split(args.plot), args.out)
+                             split(args.plot), args.out, split(args.keys))
     except CompareError as err:
         print(f"rlhf-compare: error: {err}", file=sys.stderr)
         return 2
