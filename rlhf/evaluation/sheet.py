@@ -21,12 +21,10 @@ from __future__ import annotations
 import argparse
 import csv
 import hashlib
-import html
 import itertools
 import json
 import random
 import sys
-from collections import defaultdict
 from pathlib import Path
 
 from rlhf.algorithms.eval_stats import bootstrap_ci, cohen_kappa, fleiss_kappa, outcome_rates
