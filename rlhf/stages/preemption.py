@@ -81,7 +81,12 @@ def resolve_resume(cfg) -> None:
 
 
 # ---------------------------------------------------------------- signals
+_exiting: list[bool] = []
+
+
 def _handler(signum, frame) -> None:
+    if _exiting:
+        return  # the checkpoint is saved; Slurm's SIGTERM after our own requeue
     if signum not in _caught:
         _caught.append(signum)
     print(f"rlhf: caught {signal.Signals(signum).name}: saving a checkpoint at the end of "
@@ -140,6 +145,8 @@ def requeue_and_exit() -> None:
     if dist.is_initialized():
         dist.barrier()
     wants_requeue = signal.SIGUSR2 in _caught
+    _exiting.append(True)
+    _close_wandb()  # before the requeue: Slurm's SIGTERM also reaches W&B's service process
     if is_main_process() and wants_requeue:
         previous = _previous.get(signal.SIGUSR2)
         submitit = callable(previous) and "submitit" in getattr(previous, "__module__", "")
@@ -158,6 +165,20 @@ def requeue_and_exit() -> None:
         print("rlhf: checkpoint saved after SIGTERM; exiting (Slurm requeues or ends the job)",
               file=sys.stderr, flush=True)
     sys.exit(EXIT_REQUEUED)
+
+
+def _close_wandb() -> None:
+    """Mark the open W&B run as preempted and close it, so its file is complete; the requeued
+    job continues the same run (its id is in <run dir>/wandb_run_id)."""
+    wandb = sys.modules.get("wandb")
+    run = getattr(wandb, "run", None) if wandb is not None else None
+    if run is None:
+        return
+    try:
+        run.mark_preempting()
+        run.finish(exit_code=EXIT_REQUEUED)
+    except Exception as err:  # noqa: BLE001  (the checkpoint is what matters)
+        print(f"rlhf: closing the W&B run failed: {err}", file=sys.stderr)
 
 
 def stop_here(save) -> None:
