@@ -271,3 +271,20 @@ def test_ppo_config_checks(run_stage, overrides, message):
                              "stage.critic_init=policy", *overrides])
     with pytest.raises(ConfigError, match=re.escape(message)):
         validate(cfg)
+
+
+def test_critic_from_the_reward_model_predicts_normalised_scores(rm_run):
+    """The rewards are the reward model's scores normalised with reward_stats.json (and
+    weighted): the critic taken from it starts on that scale."""
+    from types import SimpleNamespace
+
+    from rlhf.models.value import load_sequence_classifier, score_head
+    from rlhf.rewards.reward_model import find_reward_stats
+    from rlhf.stages.ppo import rescale_value_head
+
+    stats = find_reward_stats(str(rm_run))
+    assert stats["std"] != 1.0
+    raw, critic = load_sequence_classifier(str(rm_run)), load_sequence_classifier(str(rm_run))
+    rescale_value_head(critic, SimpleNamespace(reward_model=str(rm_run), reward_model_weight=2.0))
+    assert torch.allclose(score_head(critic).weight,
+                          score_head(raw).weight * 2.0 / stats["std"])

@@ -257,6 +257,8 @@ def build_trained_models(cfg, steps: int, device, pad: int):
     classifier = load_sequence_classifier(stage.reward_model if from_rm else model_cfg.path,
                                           torch.float32, zero_head=not from_rm,
                                           pad_token_id=pad)
+    if from_rm:
+        rescale_value_head(classifier, stage)
     if model_cfg.lora.enabled:
         from peft import get_peft_model
         classifier = get_peft_model(classifier, peft_config(model_cfg, "SEQ_CLS"))
@@ -269,6 +271,26 @@ def build_trained_models(cfg, steps: int, device, pad: int):
             load_causal_lm(model_cfg, stage.reference_path or model_cfg.path).to(device),
             cfg.distributed)
     return actor, critic, reference
+
+
+def rescale_value_head(classifier, stage) -> None:
+    """A critic from the reward model predicts raw reward-model scores; the rewards it must
+    predict are normalised with reward_stats.json and weighted. Map its head onto that scale,
+    (raw - mean) / std x weight, so that its first values are the normalised score of the
+    answer so far rather than numbers `std` times too large (seen as an explained variance of
+    -5 on the demo's first steps)."""
+    import torch
+
+    from rlhf.models.value import score_head
+    from rlhf.rewards.reward_model import find_reward_stats
+
+    stats = find_reward_stats(stage.reward_model) or {"mean": 0.0, "std": 1.0}
+    scale = stage.reward_model_weight / max(stats["std"], 1e-6)
+    head = score_head(classifier)
+    with torch.no_grad():
+        head.weight.mul_(scale)
+        if getattr(head, "bias", None) is not None:
+            head.bias.sub_(stats["mean"]).mul_(scale)
 
 
 def reference_context(actor, reference):
