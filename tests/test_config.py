@@ -53,7 +53,7 @@ def test_every_yaml_composes(group, option):
     assert OmegaConf.missing_keys(cfg) == set()
     if group == "stage":
         assert cfg.stage.name == option
-    if group == "stage" and option in ("grpo", "rloo"):  # a reward must be named
+    if group == "stage" and option in ("grpo", "rloo", "ppo"):  # a reward must be named
         with pytest.raises(ConfigError, match="needs a reward: set stage.reward_model"):
             validate(cfg)
     elif not (group == "stage" and option == "pipeline"):  # a bare pipeline has no steps
