@@ -81,7 +81,7 @@ def test_export_loads_with_plain_transformers_in_a_fresh_process(export_runs):
         "REPO", repr(str(Path(__file__).resolve().parent.parent)))
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     proc = subprocess.run([sys.executable, "-c", script], cwd="/", env=env, text=True,
-                          capture_output=True, timeout=120)
+                          capture_output=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert 1 <= int(proc.stdout.split("GENERATED")[1]) <= 8
 

@@ -66,13 +66,13 @@ def served(run_stage, cache_dir, tmp_path_factory):
     server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    deadline = time.time() + 30
+    deadline = time.time() + 120
     while not server.started and time.time() < deadline:
         time.sleep(0.02)
     assert server.started
     yield {"url": f"http://127.0.0.1:{port}", "engine": engine, "model_dir": model_dir,
            "client": openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=KEY,
-                                   max_retries=0, timeout=60)}
+                                   max_retries=0, timeout=300)}
     server.should_exit = True
     thread.join(timeout=10)
     engine.stop()
@@ -242,7 +242,7 @@ def test_disconnect_mid_stream_frees_the_slot(served):
         lines = r.iter_lines()
         assert next(lines).startswith("data: ")
         next(lines)  # a token or two, then hang up
-    deadline = time.time() + 10
+    deadline = time.time() + 60
     while (engine.in_flight() or engine.cancelled_sequences == before) \
             and time.time() < deadline:
         time.sleep(0.02)
@@ -267,7 +267,7 @@ def test_end_of_turn_token_ends_the_answer(served, cache_dir):
         if isinstance(event, Finish):
             done.set()
     engine.submit(Request(ids, SamplingParams(max_tokens=20, temperature=0), emit))
-    assert done.wait(30)
+    assert done.wait(120)
     engine.stop()
     assert [e for e in events if isinstance(e, Token)] == []
     assert events[-1] == Finish(0, "stop", 1)
@@ -280,7 +280,7 @@ def test_rlhf_chat_through_stdin(served):
         [sys.executable, "-m", "rlhf.chat", str(served["model_dir"]), "--system",
          "You are a support agent.", "--temperature", "0", "--max-new-tokens", "6"],
         input="Hello\nWhere is my order?\n/reset\n/bogus\nHello\n/exit\nnever read\n",
-        text=True, capture_output=True, timeout=120, cwd=REPO)
+        text=True, capture_output=True, timeout=600, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-2000:]
     answers = [a[:-1] for a in proc.stdout.split("assistant> ")[1:]]  # each ends with "\n"
     assert len(answers) == 3  # nothing after /exit
