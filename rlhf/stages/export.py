@@ -133,7 +133,10 @@ def model_dir_of(source: str) -> str:
 
 
 def started_from(run: Path) -> str:
-    """The model.path a run ran on; an eval run over several models stands for none."""
+    """The model.path a run ran on (for an export run: the run it exported); an eval run
+    over several models stands for none."""
+    if (run / "lineage.json").exists():
+        return json.loads((run / "lineage.json").read_text())["source"]
     cfg = OmegaConf.load(run / "config.yaml")
     if OmegaConf.select(cfg, "stage.models") and not (run / CHECKPOINT_SUBDIR).is_dir():
         raise ConfigError(f"{run} evaluated several models (stage.models), so it stands for "
