@@ -460,6 +460,12 @@ class PipelineConfig:
     summary_columns: Dict[str, str] = field(default_factory=dict)
     # checked after the last step and printed with the summary, each as met or MISSED
     floors: List[QualityFloor] = field(default_factory=list)
+    # an eval step over several models (stage.models): its table of the models side by side
+    # ends the summary
+    final_table: Optional[str] = None
+    # metrics plotted over training steps, one line per step that logged them (rlhf-compare's
+    # PNGs and compare.csv in <run dir>/compare)
+    plots: List[str] = field(default_factory=list)
 
 
 # ---------------------------------------------------------------- infrastructure
@@ -615,6 +621,11 @@ def validate(cfg: Any, world: int | None = None) -> None:
     if stage.name == "pipeline" and not cfg.pipeline.steps:
         raise ConfigError("stage=pipeline needs pipeline.steps; use an experiment that defines "
                           "them, e.g. `rlhf experiment=demo`")
+    if stage.name == "pipeline" and cfg.pipeline.final_table:
+        eval_steps = [s.name for s in cfg.pipeline.steps if s.stage == "eval"]
+        if cfg.pipeline.final_table not in eval_steps:
+            raise ConfigError(f"pipeline.final_table={cfg.pipeline.final_table} names no eval step; "
+                              f"eval steps: {', '.join(eval_steps) or 'none'}")
     validate_distributed(cfg.distributed)
     if hasattr(stage, "global_batch_size"):
         validate_training(stage, world)

@@ -67,13 +67,14 @@ def test_experiment_demo_is_a_pipeline_of_existing_stages():
         cfg = compose(config_name="config", overrides=["experiment=demo"])
         steps = cfg.pipeline.steps
         assert cfg.stage.name == "pipeline" and len(steps) >= 3
+        earlier = {}
         for step in steps:
             assert step.stage in STAGES
-            # each step's overrides compose too
+            # each step's overrides compose too, with the earlier steps' run directories
             child = compose(config_name="config", overrides=[
                 "experiment=demo", f"stage={step.stage}",
-                *[substitute_dirs(o, {"sft": "/tmp/sft", "rm": "/tmp/rm"})
-                  for o in step.overrides]])
+                *[substitute_dirs(o, earlier) for o in step.overrides]])
+            earlier[step.name] = f"/tmp/{step.name}"
             assert child.stage.name == step.stage
             validate(child)
 

@@ -30,9 +30,10 @@ def test_demo_pipeline_runs_every_step_and_summarises(run_cli, tmp_path):
                       f"hydra.run.dir={run_dir}"], cwd=tmp_path)
     assert result.returncode == 0, result.output[-3000:]
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert list(summary) == ["base_eval", "sft", "rm", "sft_eval", "dpo"]
+    assert list(summary) == ["base_eval", "sft", "rm", "sft_eval", "dpo", "ppo", "final_eval",
+                             "export"]
     assert summary["sft"]["train/steps"] == summary["rm"]["train/steps"] == \
-        summary["dpo"]["train/steps"] == 4
+        summary["dpo"]["train/steps"] == summary["ppo"]["train/steps"] == 4
     # the step overrides reached the child; {sft} became the SFT run directory
     assert OmegaConf.load(run_dir / "sft" / "config.yaml").stage.learning_rate == 2e-3
     sft_eval = OmegaConf.load(run_dir / "sft_eval" / "config.yaml")
@@ -48,6 +49,12 @@ def test_demo_pipeline_runs_every_step_and_summarises(run_cli, tmp_path):
     samples = [json.loads(l) for l in open(run_dir / "sft_eval" / "samples.jsonl")]
     assert {"greedy", "sampled"} <= set(samples[0]["answers"])
     assert 0.0 <= samples[0]["scores"]["greedy"]["total"] <= 1.0
+    # the models side by side end the summary; the training curves are plotted; the best of
+    # SFT, DPO and PPO by the sampled oracle score is exported
+    final = result.output.split("=== final_eval")[1]
+    assert all(name in final for name in ("untrained", "sft", "dpo", "ppo"))
+    assert {p.name for p in (run_dir / "compare").glob("*.png")} >= {"train_loss.png"}
+    assert (run_dir / "export" / "model" / "README.md").exists()
 
 
 class _FakeWandb:

@@ -19,6 +19,7 @@ import re
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
 
@@ -89,6 +90,10 @@ class _Tee:
 
     def isatty(self) -> bool:
         return False
+
+    def close(self) -> None:
+        """The console and the log belong to others; a library that took this stream as its
+        own (absl's logging handler, imported by rouge-score) closes it at exit."""
 
 
 def run_in_process(step_cfg, step_dir, log) -> None:
@@ -194,12 +199,38 @@ def floors_report(checked: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def final_models_table(cfg, metrics: dict, step_dirs: dict[str, str]) -> str:
+    """The models of the `final_table` eval step side by side (its baseline first)."""
+    from rlhf.evaluation.compare_models import models_table
+
+    step = next(s for s in cfg.pipeline.steps if s.name == cfg.pipeline.final_table)
+    eval_cfg = step_config(step, [substitute_dirs(o, step_dirs) for o in step.overrides]).stage
+    names = list(eval_cfg.models)
+    order = [eval_cfg.baseline] + [n for n in names if n != eval_cfg.baseline]
+    return models_table(metrics, order, eval_cfg.baseline, ["greedy", "sampled"],
+                        eval_cfg.confidence)
+
+
+def plot_training_curves(step_dirs: dict[str, str], metrics: list[str], out: Path) -> None:
+    """rlhf-compare over the steps that logged a training curve."""
+    from rlhf.compare import compare, local_runs
+
+    trained = [Path(d) for d in step_dirs.values() if (Path(d) / "log_history.json").exists()]
+    _, written = compare(local_runs(trained), metrics=metrics, plots=metrics, out=out)
+    print(f"\ntraining curves: {', '.join(str(p) for p in written)}")
+
+
 def run(cfg) -> dict:
     stage_run = StageRun(cfg)
     step_dirs: dict[str, str] = {}
     results = {step.name: run_step(step, step_dirs, stage_run.out) for step in cfg.pipeline.steps}
     table = summary_table(results, dict(cfg.pipeline.summary_columns))
     print(f"\n=== summary ({stage_run.out})\n{table}")
+    if cfg.pipeline.final_table:
+        print(f"\n=== {cfg.pipeline.final_table}\n"
+              f"{final_models_table(cfg, results[cfg.pipeline.final_table], step_dirs)}")
+    if cfg.pipeline.plots:
+        plot_training_curves(step_dirs, cfg.pipeline.plots, stage_run.out / "compare")
     floors = check_floors(results, cfg.pipeline.floors)
     if floors:
         print(f"\n=== quality floors\n{floors_report(floors)}")
