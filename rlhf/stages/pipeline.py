@@ -158,12 +158,14 @@ def _cell(value) -> str:
 
 def summary_table(results: dict[str, dict], columns: dict[str, str]) -> str:
     """One row per step, one column per metric (short header -> metric name); columns no
-    step reported are left out. Cells are 3 significant figures, to fit a 100-column terminal."""
+    step reported, and steps that reported none of them, are left out. Cells are 3 significant figures, to fit a 100-column terminal."""
     columns = {h: m for h, m in columns.items() if any(m in r for r in results.values())}
     step_width = max(map(len, results)) + 1
     widths = {h: max(len(h), 5) + 1 for h in columns}
     lines = ["step".ljust(step_width) + "".join(h.rjust(widths[h]) for h in columns)]
     for step, metrics in results.items():
+        if not any(m in metrics for m in columns.values()):
+            continue  # e.g. the final evaluation over several models: its own table follows
         lines.append(step.ljust(step_width) + "".join(
             _cell(metrics.get(m)).rjust(widths[h]) for h, m in columns.items()))
     legend = ", ".join(f"{h} = {m}" for h, m in columns.items())
