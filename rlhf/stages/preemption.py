@@ -168,17 +168,19 @@ def requeue_and_exit() -> None:
 
 
 def _close_wandb() -> None:
-    """Mark the open W&B run as preempted and close it, so its file is complete; the requeued
-    job continues the same run (its id is in <run dir>/wandb_run_id)."""
+    """Finish the open W&B runs and stop W&B's service process, so that the run's file is
+    complete before Slurm's SIGTERM (our requeue) ends that process; the requeued job continues
+    the same run (its id is in <run dir>/wandb_run_id). Runs made with reinit="create_new" are
+    not `wandb.run`: `wandb.teardown` finishes them all."""
     wandb = sys.modules.get("wandb")
-    run = getattr(wandb, "run", None) if wandb is not None else None
-    if run is None:
+    if wandb is None:
         return
     try:
-        run.mark_preempting()
-        run.finish(exit_code=EXIT_REQUEUED)
+        if getattr(wandb, "run", None) is not None:
+            wandb.run.mark_preempting()
+        wandb.teardown(EXIT_REQUEUED)
     except Exception as err:  # noqa: BLE001  (the checkpoint is what matters)
-        print(f"rlhf: closing the W&B run failed: {err}", file=sys.stderr)
+        print(f"rlhf: closing W&B failed: {err}", file=sys.stderr)
 
 
 def stop_here(save) -> None:
