@@ -83,8 +83,10 @@ def local_run(path: Path, name: str) -> Run:
     history = []
     if (path / "log_history.json").exists():
         for entry in json.loads((path / "log_history.json").read_text()):
-            if "step" in entry:
-                history.append({"step": entry["step"], **hf_log_to_metrics(entry)})
+            # the Trainer's entries say "step"; our own loops (ppo) "train/step"
+            step = entry.get("step", entry.get("train/step"))
+            if step is not None:
+                history.append({"step": step, **hf_log_to_metrics(entry)})
     return Run(name, str(path), config, metrics, history)
 
 

@@ -53,7 +53,8 @@ def test_demo_pipeline_runs_every_step_and_summarises(run_cli, tmp_path):
     # SFT, DPO and PPO by the sampled oracle score is exported
     final = result.output.split("=== final_eval")[1]
     assert all(name in final for name in ("untrained", "sft", "dpo", "ppo"))
-    assert {p.name for p in (run_dir / "compare").glob("*.png")} >= {"train_loss.png"}
+    assert {p.name for p in (run_dir / "compare").glob("*.png")} >= {"train_loss.png",
+                                                                  "ppo_score_mean.png"}
     assert (run_dir / "export" / "model" / "README.md").exists()
 
 
