@@ -279,7 +279,7 @@ STAGE_SOURCES = {  # where each stage reads its config (plus rlhf/stages/common.
     RMStageConfig: ["rlhf/stages/rm.py"],
     DPOStageConfig: ["rlhf/stages/dpo.py"],
     OnlineRLStageConfig: ["rlhf/stages/online_rl.py", "rlhf/rewards/__init__.py"],
-    EvalStageConfig: ["rlhf/stages/eval.py"],
+    EvalStageConfig: ["rlhf/stages/eval.py", "rlhf/evaluation/compare_models.py"],
 }
 
 
