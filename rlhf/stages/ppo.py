@@ -35,6 +35,7 @@ from rlhf.data.loading import load_prompts, require
 from rlhf.distributed import is_main_process, rank, world_size
 from rlhf.models.loading import CHECKPOINT_SUBDIR, resolve_model_path
 from rlhf.rewards import build_reward_funcs
+from rlhf.stages import preemption
 from rlhf.stages.common import StageRun, max_steps
 from rlhf.stages.eval import evaluate_trained_policy
 
@@ -209,6 +210,8 @@ def run(cfg) -> dict:
         bar.update(1)
         if stage.save_every_steps and step % stage.save_every_steps == 0 and step < steps:
             save_checkpoint(cfg, out, step, actor, critic, kl_ctl)
+        # Slurm's pre-timeout signal or a preemption: this step's checkpoint, requeue, exit
+        preemption.stop_here(lambda: save_checkpoint(cfg, out, step, actor, critic, kl_ctl))
     bar.close()
 
     train_runtime = time.time() - started
