@@ -12,7 +12,7 @@ import math
 
 import pytest
 
-from tests.wandb_file import run_summary
+from rlhf.evaluation.wandb_runs import offline_run as run_summary
 
 COMMON = ["stage=sft", "debug=tiny", "debug.max_steps=6", "stage.logging_steps=1",
           "stage.learning_rate=2e-3", "stage.global_batch_size=16",

@@ -12,7 +12,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from tests.wandb_file import run_summary
+from rlhf.evaluation.wandb_runs import offline_run as run_summary
 
 SECRET_TAG = "hf_abcdefghijklmnopqrstuvwxyz0123456789"
 

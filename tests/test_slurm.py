@@ -31,7 +31,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from tests.wandb_file import run_summary
+from rlhf.evaluation.wandb_runs import offline_run as run_summary
 
 pytestmark = [pytest.mark.slurm, pytest.mark.timeout(1200)]
 

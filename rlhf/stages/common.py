@@ -175,6 +175,16 @@ def save_final_model(trainer, tokenizer, cfg, out: Path) -> Path:
         save_merged_lora(trainer, cfg, tmp)
     else:
         trainer.save_model(str(tmp))
+    return publish_model_dir(tmp, tokenizer, out)
+
+
+def publish_model_dir(tmp: Path, tokenizer, out: Path) -> Path:
+    """The weights written to `tmp` become `<run dir>/model`: with the tokenizer, without the
+    pickled training arguments, with the user's file modes, renamed into place by rank 0
+    (every rank calls this and waits for it)."""
+    import torch.distributed as dist
+
+    final = out / CHECKPOINT_SUBDIR
     if is_main_process():
         keep_with_trainer_state(tmp, out)
         tokenizer.save_pretrained(tmp)

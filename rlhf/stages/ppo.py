@@ -33,7 +33,7 @@ from pathlib import Path
 from rlhf.config import CriticInit, PPOReference
 from rlhf.data.loading import load_prompts, require
 from rlhf.distributed import is_main_process, rank, world_size
-from rlhf.models.loading import CHECKPOINT_SUBDIR, resolve_model_path
+from rlhf.models.loading import resolve_model_path
 from rlhf.rewards import build_reward_funcs
 from rlhf.stages import preemption
 from rlhf.stages.common import StageRun, max_steps
@@ -422,13 +422,11 @@ def save_policy(actor, tokenizer, cfg, out: Path) -> Path:
     model/adapter), written aside and renamed. Every rank calls it: under ZeRO-3 the weights
     are gathered first (a collective)."""
     import contextlib
-    import os
-
-    import torch.distributed as dist
 
     from rlhf.models.trainable import is_zero3
+    from rlhf.stages.common import publish_model_dir
 
-    final, tmp = out / CHECKPOINT_SUBDIR, out / ".tmp-model"
+    tmp = out / ".tmp-model"
     module = actor.engine.module if actor.engine is not None else actor.module
     gather = contextlib.nullcontext()
     if is_zero3(cfg.distributed):
@@ -443,12 +441,5 @@ def save_policy(actor, tokenizer, cfg, out: Path) -> Path:
                 module = module.merge_and_unload()
             state = {k: v.detach().clone().cpu() for k, v in module.state_dict().items()}
             module.save_pretrained(tmp, state_dict=state, safe_serialization=True)
-    if is_main_process():
-        tokenizer.save_pretrained(tmp)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    if dist.is_initialized():
-        dist.barrier()
-    return final
+    return publish_model_dir(tmp, tokenizer, out)
 
