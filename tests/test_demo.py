@@ -69,7 +69,7 @@ def test_demo_end_to_end(run_cli, tmp_path):
     assert (run_dir / "export" / "model" / "model.safetensors").exists()
     assert "sft" in (run_dir / "export" / "model" / "README.md").read_text()
     # the summary table fits a 100-column terminal
-    table = result.output.split("=== summary")[1].split("=== quality floors")[0]
+    table = result.output.split("=== summary")[1].split("=== final_eval")[0]
     assert max(map(len, table.splitlines())) <= 100
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["sft_eval/eval/oracle_greedy"] == sft["eval/oracle_greedy"]

@@ -219,7 +219,7 @@ def plot_training_curves(step_dirs: dict[str, str], metrics: list[str], out: Pat
 
     trained = [Path(d) for d in step_dirs.values() if (Path(d) / "log_history.json").exists()]
     _, written = compare(local_runs(trained), metrics=metrics, plots=metrics, out=out)
-    print(f"\ntraining curves: {', '.join(str(p) for p in written)}")
+    print(f"\ntraining curves: {', '.join(p.name for p in written)} in {out}")
 
 
 def run(cfg) -> dict:
