@@ -59,7 +59,9 @@ def slurm_env(slurm_cluster, cache_dir) -> dict:
     """The environment jobs are submitted with (sbatch passes it on): this venv first on PATH,
     the session's demo data and tiny model, one thread, nice."""
     env = {k: v for k, v in os.environ.items()
-           if k not in ("RLHF_RUN_DIR", "WANDB_MODE", "HYDRA_FULL_ERROR")
+           if k not in ("RLHF_RUN_DIR", "WANDB_MODE", "HYDRA_FULL_ERROR",
+                        # this process's W&B service (set once a test here used W&B)
+                        "WANDB_SERVICE")
            and not k.startswith("SLURM_")}
     env.update(PATH=f"{VENV_BIN}:{env.get('PATH', '')}", RLHF_CACHE_DIR=str(cache_dir),
                OMP_NUM_THREADS="1", RLHF=f"nice -n 19 {VENV_BIN / 'rlhf'}",
