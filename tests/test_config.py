@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from rlhf.cli import CONFIG_DIR
 from rlhf.config import (DPO_LOSSES, REFERENCE_FREE_LOSSES, DPOStageConfig, EvalStageConfig,
                          ModelConfig, OnlineRLStageConfig, RMStageConfig, SFTStageConfig,
-                         validate)
+                         check_declared, validate)
 from rlhf.errors import ConfigError
 
 CONF = Path(CONFIG_DIR)
@@ -119,7 +119,10 @@ def test_free_form_keys_are_the_users_own():
     """reward_funcs' kwargs and summary_columns are not schema fields: any key passes."""
     cfg = composed(["stage=grpo", "stage.reward_funcs=[{_target_: a.b, any_kwarg: 1}]",
                     "+pipeline.summary_columns.loss=eval/loss"])
+    check_declared(cfg)  # raises ConfigError if it took them for misspelled settings
     validate(cfg)
+    assert cfg.stage.reward_funcs[0].any_kwarg == 1
+    assert cfg.pipeline.summary_columns.loss == "eval/loss"
 
 
 def _error_line(result) -> str:
