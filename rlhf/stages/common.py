@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from rlhf import runs
-from rlhf.config import Backend, Precision
+from rlhf.config import Precision
 from rlhf.distributed import is_main_process, mean_over_ranks, world_size
 from rlhf.distributed.deepspeed_config import deepspeed_config
 from rlhf.models.loading import CHECKPOINT_SUBDIR
@@ -197,10 +197,6 @@ def publish_model_dir(tmp: Path, tokenizer, out: Path) -> Path:
     return final
 
 
-def zero3(cfg) -> bool:
-    return cfg.distributed.backend == Backend.deepspeed and cfg.distributed.zero.stage == 3
-
-
 def save_merged_lora(trainer, cfg, tmp: Path) -> None:
     """The adapter to `tmp/adapter` and base + adapter, merged, to `tmp` (rank 0 writes).
 
@@ -208,8 +204,10 @@ def save_merged_lora(trainer, cfg, tmp: Path) -> None:
     dict to rank 0 (the trainer's own ZeRO-3 save does the same), which merges it into a copy
     built on the meta device, so the trained model is left as it is and no second random
     copy of the model is allocated."""
+    from rlhf.models.trainable import is_zero3
+
     model = trainer.model
-    if zero3(cfg):
+    if is_zero3(cfg.distributed):
         if not cfg.distributed.zero.stage3_gather_16bit_weights_on_model_save:
             # the user turned gathering off: nothing to merge from, DeepSpeed's shards it is
             trainer.save_model(str(tmp))
