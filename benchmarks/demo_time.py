@@ -34,8 +34,10 @@ FIGURES = {"SFT fact (greedy)": ("sft_eval", "eval/oracle_fact_greedy"),
 
 def run_demo(checkout: Path, work: Path) -> dict:
     """Run the demo of `checkout`; returns wall seconds per step, total and the summary."""
+    # a fresh cache each: the demo data and model are built, and no stage reuses an earlier
+    # run (stage caching, which the base may predate)
     env = {**os.environ, "PYTHONPATH": str(checkout), "RLHF_CACHE_DIR": str(work / "cache"),
-           "WANDB_MODE": "disabled"}
+           "RLHF_STAGE_CACHE_DIR": str(work / "stage_cache"), "WANDB_MODE": "disabled"}
     cmd = [sys.executable, "-m", "rlhf.cli", "experiment=demo", f"hydra.run.dir={work / 'demo'}"]
     started = last = time.time()
     steps, current = {}, "setup"

@@ -93,7 +93,9 @@ def main() -> None:
         pairs_file = tmp / "pairs.jsonl"
         n_pairs = write_pairs(cache / "demo_data", pairs_file, args.steps * args.batch)
         common = dict(lr="5e-5", beta="0.1", max_length="192")
-        ours_cmd = [sys.executable, "-m", "rlhf.cli", "stage=dpo", f"model.path={model}",
+        # stage.cache=false: time the training, not a reuse of an earlier run of the same job
+        ours_cmd = [sys.executable, "-m", "rlhf.cli", "stage=dpo", "stage.cache=false",
+                    f"model.path={model}",
                     "stage.data_format=pairs", f"data.pairs_train={pairs_file}",
                     "data.pairs_eval=null", f"stage.max_steps={args.steps}",
                     f"stage.global_batch_size={args.batch}",

@@ -209,7 +209,9 @@ def main() -> None:
 
         print("running rlhf stage=ppo ...", flush=True)
         ours_dir = work / "ours"
-        run([*rlhf, "stage=ppo", f"model.path={policy}", f"stage.reward_model={rm}",
+        # stage.cache=false: time the training, not a reuse of an earlier benchmark's run
+        run([*rlhf, "stage=ppo", "stage.cache=false", f"model.path={policy}",
+             f"stage.reward_model={rm}",
              f"data.prompts_train={prompts_file}", f"stage.max_steps={total}",
              f"stage.global_batch_size={BATCH}", f"stage.per_device_batch_size={BATCH}",
              "stage.num_minibatches=1", f"stage.ppo_epochs={EPOCHS}",

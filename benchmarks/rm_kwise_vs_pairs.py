@@ -44,7 +44,8 @@ def main() -> None:
             rlhf(["experiment=demo", "stage=sft", "stage.learning_rate=2e-3",
                   "stage.max_steps=400", "stage.per_device_batch_size=32",
                   "stage.max_length=128"], Path(model))
-        common = ["experiment=demo", "stage=rm", f"model.path={model}",
+        # stage.cache=false: time the training, not a reuse of an earlier benchmark's run
+        common = ["experiment=demo", "stage=rm", "stage.cache=false", f"model.path={model}",
                   f"stage.learning_rate={args.lr}", "stage.num_epochs=1", "stage.max_length=128",
                   "stage.logging_steps=1000", "stage.reward_stats_rows=16",
                   "debug.max_train_rows=2000"]

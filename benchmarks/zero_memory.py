@@ -24,7 +24,9 @@ CONFIGS = ["ddp", "zero2", "zero3", "zero3_offload"]
 
 def run(name: str, args, work: Path) -> dict:
     run_dir = work / name
-    cmd = [sys.executable, "-m", "rlhf.cli", "stage=sft", f"distributed={name}",
+    # stage.cache=false: measure the training, not a reuse of an earlier benchmark's run
+    cmd = [sys.executable, "-m", "rlhf.cli", "stage=sft", "stage.cache=false",
+           f"distributed={name}",
            f"distributed.nproc_per_node={args.nproc}", f"stage.max_steps={args.steps}",
            "stage.learning_rate=1e-3", f"stage.global_batch_size={args.global_batch}",
            f"stage.per_device_batch_size={args.global_batch // args.nproc}",

@@ -27,7 +27,7 @@ from rlhf.distributed.launch import launch_ranks, needs_launch
 from rlhf.errors import ConfigError, UserError, one_line
 from rlhf.models.loading import check_model_path
 from rlhf.runs import read_metrics, redact_hydra_files, run_dir
-from rlhf.stages import STAGES, check, run_here  # noqa: F401  (STAGES: the registry)
+from rlhf.stages import STAGES, check, reuse_finished_run, run_here  # noqa: F401  (STAGES)
 from rlhf.tracking.secrets import redact_text
 
 # stages that run in one process whatever distributed.nproc_per_node says (the pipeline's
@@ -68,6 +68,9 @@ def app(cfg: DictConfig) -> dict:
     note_local_sweep()
     try:
         check(cfg, world_size() if inside_distributed() else None)
+        reused = reuse_finished_run(cfg)
+        if reused is not None:
+            return reused
         if not single_process(cfg) and needs_launch(cfg):
             code = launch_ranks(cfg)
             if code:

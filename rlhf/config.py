@@ -177,6 +177,9 @@ class TrainStageConfig:
     # hydra.run.dir); the W&B run continues too. true, false, or auto: true inside a Slurm
     # job (a requeued job resumes by itself), false elsewhere (rlhf/stages/preemption.py)
     resume: Any = "auto"
+    # reuse the outputs of a finished run of the same config and inputs instead of training
+    # again (rlhf/stage_cache.py, docs/slurm.md)
+    cache: bool = True
 
 
 @dataclass
@@ -256,6 +259,8 @@ class EvalStageConfig(HeldOutEvalConfig):
     references: Optional[str] = None
     # win rate against the baseline: a tie when the reward-model scores differ by at most this
     tie_margin: float = 0.0
+    # reuse a finished evaluation of the same models, prompts and settings (as for training)
+    cache: bool = True
     # resamples of the prompts for the confidence intervals, and their level
     bootstrap_samples: int = 1000
     confidence: float = 0.95
@@ -431,6 +436,8 @@ class ExportStageConfig:
 @dataclass
 class PipelineStageConfig:
     name: str = "pipeline"
+    # false: every step runs, none reuses a finished run (stage.cache=false for each step)
+    cache: bool = True
 
 
 @dataclass
@@ -466,6 +473,10 @@ class PipelineConfig:
     # metrics plotted over training steps, one line per step that logged them (rlhf-compare's
     # PNGs and compare.csv in <run dir>/compare)
     plots: List[str] = field(default_factory=list)
+    # more overrides for a step, by its name, e.g. to sweep one step of an experiment:
+    #   rlhf -m experiment=demo +pipeline.step_overrides.dpo.stage.beta=0.05,0.3
+    # (Any: Hydra sets a free-form node's new keys; run_step checks the step names)
+    step_overrides: Any = None
 
 
 # ---------------------------------------------------------------- infrastructure
@@ -537,6 +548,8 @@ class Config:
     experiment_name: str = "default"
     # where the demo data and tiny model are built once and reused
     cache_dir: str = MISSING
+    # the index of finished runs that later runs of the same work reuse (rlhf/stage_cache.py)
+    stage_cache_dir: str = MISSING
 
 
 def register_configs() -> None:

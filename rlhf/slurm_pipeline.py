@@ -49,11 +49,11 @@ def inherited(overrides: list[str]) -> list[str]:
 
 
 def step_args(step, base: Path, overrides: list[str]) -> list[str]:
-    from rlhf.stages.pipeline import substitute_dirs
+    from rlhf.stages.pipeline import own_overrides
 
-    dirs = {s.name: str(base / s.name) for s in pipeline_config(overrides).pipeline.steps}
-    own = [substitute_dirs(o, dirs) for o in step.overrides]
-    return [f"stage={step.stage}", *inherited(overrides), *own]
+    cfg = pipeline_config(overrides)
+    dirs = {s.name: str(base / s.name) for s in cfg.pipeline.steps}
+    return [f"stage={step.stage}", *inherited(overrides), *own_overrides(cfg, step, dirs)]
 
 
 def comparable(cfg: dict) -> dict:
@@ -78,8 +78,12 @@ def finished_same(step_dir: Path, args: list[str]) -> bool:
 def plan(base: Path, overrides: list[str]) -> list[str]:
     from rlhf.cli import compose_checked
 
+    from rlhf.stages.pipeline import check_step_overrides
+
     lines, earlier_changed = [], False
-    for step in pipeline_config(overrides).pipeline.steps:
+    cfg = pipeline_config(overrides)
+    check_step_overrides(cfg)
+    for step in cfg.pipeline.steps:
         args = step_args(step, base, overrides)
         step_dir = base / step.name
         if not earlier_changed and finished_same(step_dir, args):
@@ -87,8 +91,9 @@ def plan(base: Path, overrides: list[str]) -> list[str]:
                   file=sys.stderr)
             continue
         earlier_changed = True  # a later step depends on this one's new output
-        cfg = compose_checked("config", args)
-        tasks = 1 if cfg.stage.name in ("eval", "pipeline") else cfg.distributed.nproc_per_node
+        step_cfg = compose_checked("config", args)
+        tasks = 1 if step_cfg.stage.name in ("eval", "pipeline") else \
+            step_cfg.distributed.nproc_per_node
         lines.append("\t".join([step.name, str(tasks),
                                 shlex.join([*args, f"hydra.run.dir={step_dir}"])]))
     return lines
@@ -96,11 +101,17 @@ def plan(base: Path, overrides: list[str]) -> list[str]:
 
 def summary(base: Path, overrides: list[str]) -> None:
     from rlhf.runs import read_metrics, write_metrics
-    from rlhf.stages.pipeline import check_floors, floors_report, summary_table
+    from rlhf.cli import compose_checked
+    from rlhf.stages.pipeline import (check_floors, final_models_table, floors_report,
+                                      summary_table)
 
     cfg = pipeline_config(overrides)
     results = {s.name: read_metrics(base / s.name) for s in cfg.pipeline.steps}
     print(f"=== summary ({base})\n{summary_table(results, dict(cfg.pipeline.summary_columns))}")
+    if cfg.pipeline.final_table:
+        step = next(s for s in cfg.pipeline.steps if s.name == cfg.pipeline.final_table)
+        eval_cfg = compose_checked("config", step_args(step, base, overrides)).stage
+        print(f"\n=== {step.name}\n{final_models_table(eval_cfg, results[step.name])}")
     floors = check_floors(results, cfg.pipeline.floors)
     if floors:
         print(f"\n=== quality floors\n{floors_report(floors)}")

@@ -145,6 +145,15 @@ def _run_dir_not_left_behind():
     assert os.environ.get("RLHF_RUN_DIR") == before, "the test left RLHF_RUN_DIR changed"
 
 
+@pytest.fixture(autouse=True)
+def _own_stage_cache(tmp_path):
+    """Each test its own index of finished runs (stage caching, rlhf/stage_cache.py): a run
+    of one test is never reused by another, which would then train nothing. A test that runs
+    the same work twice sees the second reuse the first, as a user would."""
+    with environment({"RLHF_STAGE_CACHE_DIR": str(tmp_path / "stage_cache")}):
+        yield
+
+
 @pytest.fixture(scope="session")
 def run_stage(cache_dir) -> StageRunner:
     return StageRunner(cache_dir)

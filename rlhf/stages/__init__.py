@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import importlib
 
+from rlhf import runs, stage_cache
 from rlhf.config import validate
-from rlhf.distributed import inside_distributed
+from rlhf.distributed import inside_distributed, is_main_process
 from rlhf.distributed.launch import setup_distributed
 from rlhf.errors import UserError
 from rlhf.models.loading import prepare_inputs
@@ -44,3 +45,24 @@ def run_here(cfg) -> dict:
     if inside_distributed():
         setup_distributed(cfg)
     return importlib.import_module(STAGES[cfg.stage.name]).run(cfg)
+
+
+def reuse_finished_run(cfg) -> dict | None:
+    """stage.cache: when a finished run did the same work (rlhf/stage_cache.py), link its
+    outputs into this run's directory and return its metrics; None: this run trains. Called
+    before any rank starts: by `rlhf` (and so by a pipeline's steps in their own process, and
+    by every Slurm task of a stage) and by the pipeline for its steps in its process."""
+    if not stage_cache.enabled(cfg):
+        return None
+    prepare_inputs(cfg)  # the demo data and model are part of the work: build them first
+    out = runs.run_dir()
+    cache_key = stage_cache.key(cfg)
+    found = stage_cache.find(cfg, cache_key, out)
+    if found is None:
+        return None
+    if not is_main_process():  # another Slurm task of this stage: rank 0 links
+        return runs.read_metrics(found)
+    print(f"rlhf: stage {cfg.stage.name}: reusing the finished run {found} (same config and "
+          f"inputs; stage.cache=false trains again); nothing is trained", flush=True)
+    runs.save_config(cfg, out)
+    return stage_cache.reuse(found, out, cache_key)

@@ -9,7 +9,7 @@ import shutil
 import time
 from pathlib import Path
 
-from rlhf import runs
+from rlhf import runs, stage_cache
 from rlhf.config import Precision
 from rlhf.distributed import is_main_process, mean_over_ranks, world_size
 from rlhf.distributed.deepspeed_config import deepspeed_config
@@ -105,6 +105,10 @@ class StageRun:
             runs.save_config(cfg, self.out)
             with_user_umask(self.out / "config.yaml")
         self.tracker = make_tracker(cfg, self.out)
+        # what a later run of the same work reuses (rlhf/stage_cache.py); known before
+        # training, since a run may change nothing it reads, but worked out on rank 0 only
+        self.cache_key = stage_cache.key(cfg) if stage_cache.cacheable(cfg) and \
+            is_main_process() else None
 
     def finish(self, metrics: dict) -> dict:
         metrics = {**metrics, "runtime_s": round(time.time() - self.started, 2)}
@@ -113,6 +117,8 @@ class StageRun:
             with_user_umask(self.out / "metrics.json")
             if (self.out / "trainer").is_dir():  # checkpoints: safetensors writes 0600 too
                 with_user_umask(self.out / "trainer")
+            if self.cache_key:
+                stage_cache.record(self.cfg, self.out, self.cache_key)
         self.tracker.finish(summary=metrics)
         return metrics
 

@@ -22,9 +22,11 @@ import textwrap
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
+from omegaconf import OmegaConf
 
 from rlhf.errors import UserError, one_line
 from rlhf.runs import RUN_DIR_ENV, read_metrics
+from rlhf.stage_cache import STAGES as CACHED_STAGES
 from rlhf.stages.common import StageRun
 
 
@@ -44,6 +46,31 @@ def substitute_dirs(override: str, step_dirs: dict[str, str]) -> str:
                             f"which has not run before it; earlier steps: {list(step_dirs)}")
         return step_dirs[match.group(1)]
     return re.sub(r"(?<!\$)\{(\w+)\}", repl, override)
+
+
+def own_overrides(cfg, step, step_dirs: dict[str, str]) -> list[str]:
+    """The step's overrides: those of its definition, then pipeline.step_overrides.<name>
+    (nested keys flattened: {stage: {beta: 0.1}} -> stage.beta=0.1), then stage.cache=false
+    when the pipeline's stage.cache is false; `{name}` -> that step's run directory."""
+    extra = _flatten((cfg.pipeline.step_overrides or {}).get(step.name) or {})
+    if not cfg.stage.cache and step.stage in CACHED_STAGES:
+        extra.append("stage.cache=false")
+    return [substitute_dirs(o, step_dirs) for o in [*step.overrides, *extra]]
+
+
+def _flatten(node, prefix: str = "") -> list[str]:
+    if OmegaConf.is_dict(node) or isinstance(node, dict):
+        return [o for k, v in node.items() for o in _flatten(v, f"{prefix}{k}.")]
+    value = OmegaConf.to_container(node) if OmegaConf.is_config(node) else node
+    return [f"{prefix[:-1]}={value if isinstance(value, str) else json.dumps(value)}"]
+
+
+def check_step_overrides(cfg) -> None:
+    names = [s.name for s in cfg.pipeline.steps]
+    for name in cfg.pipeline.step_overrides or {}:
+        if name not in names:
+            raise UserError(f"pipeline.step_overrides.{name}: no step is named {name!r}; the "
+                            f"steps are {', '.join(names)}")
 
 
 def step_config(step, overrides: list[str]):
@@ -97,14 +124,15 @@ class _Tee:
 
 
 def run_in_process(step_cfg, step_dir, log) -> None:
-    from rlhf.stages import check, run_here
+    from rlhf.stages import check, reuse_finished_run, run_here
 
     saved = sys.stdout, sys.stderr, os.environ.get(RUN_DIR_ENV)
     sys.stdout, sys.stderr = _Tee(saved[0], log), _Tee(saved[1], log)
     os.environ[RUN_DIR_ENV] = str(step_dir)
     try:
         check(step_cfg)
-        run_here(step_cfg)
+        if reuse_finished_run(step_cfg) is None:
+            run_here(step_cfg)
     finally:
         sys.stdout, sys.stderr = saved[:2]
         # set on os.environ as it is now: datasets' map() may have replaced the object
@@ -124,9 +152,9 @@ def run_in_subprocess(cmd: list[str], log) -> int:
     return proc.wait()
 
 
-def run_step(step, step_dirs: dict[str, str], out) -> dict:
+def run_step(cfg, step, step_dirs: dict[str, str], out) -> dict:
     step_dir = out / step.name
-    overrides = [substitute_dirs(o, step_dirs) for o in step.overrides]
+    overrides = own_overrides(cfg, step, step_dirs)
     cmd = [sys.executable, "-m", "rlhf.cli", f"stage={step.stage}", f"hydra.run.dir={step_dir}",
            *inherited_overrides(), *overrides]
     print(f"\n=== pipeline step {step.name}: rlhf {' '.join(cmd[3:])}", flush=True)
@@ -201,16 +229,20 @@ def floors_report(checked: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def final_models_table(cfg, metrics: dict, step_dirs: dict[str, str]) -> str:
-    """The models of the `final_table` eval step side by side (its baseline first)."""
+def final_models_table(eval_cfg, metrics: dict) -> str:
+    """The models of the `final_table` eval step (its stage config) side by side, its
+    baseline first."""
     from rlhf.evaluation.compare_models import models_table
 
-    step = next(s for s in cfg.pipeline.steps if s.name == cfg.pipeline.final_table)
-    eval_cfg = step_config(step, [substitute_dirs(o, step_dirs) for o in step.overrides]).stage
     names = list(eval_cfg.models)
     order = [eval_cfg.baseline] + [n for n in names if n != eval_cfg.baseline]
     return models_table(metrics, order, eval_cfg.baseline, ["greedy", "sampled"],
                         eval_cfg.confidence)
+
+
+def final_eval_config(cfg, step_dirs: dict[str, str]):
+    step = next(s for s in cfg.pipeline.steps if s.name == cfg.pipeline.final_table)
+    return step_config(step, own_overrides(cfg, step, step_dirs)).stage
 
 
 def plot_training_curves(step_dirs: dict[str, str], metrics: list[str], out: Path) -> None:
@@ -223,14 +255,17 @@ def plot_training_curves(step_dirs: dict[str, str], metrics: list[str], out: Pat
 
 
 def run(cfg) -> dict:
+    check_step_overrides(cfg)
     stage_run = StageRun(cfg)
     step_dirs: dict[str, str] = {}
-    results = {step.name: run_step(step, step_dirs, stage_run.out) for step in cfg.pipeline.steps}
+    results = {step.name: run_step(cfg, step, step_dirs, stage_run.out)
+               for step in cfg.pipeline.steps}
     table = summary_table(results, dict(cfg.pipeline.summary_columns))
     print(f"\n=== summary ({stage_run.out})\n{table}")
     if cfg.pipeline.final_table:
-        print(f"\n=== {cfg.pipeline.final_table}\n"
-              f"{final_models_table(cfg, results[cfg.pipeline.final_table], step_dirs)}")
+        table = final_models_table(final_eval_config(cfg, step_dirs),
+                                   results[cfg.pipeline.final_table])
+        print(f"\n=== {cfg.pipeline.final_table}\n{table}")
     if cfg.pipeline.plots:
         plot_training_curves(step_dirs, cfg.pipeline.plots, stage_run.out / "compare")
     floors = check_floors(results, cfg.pipeline.floors)

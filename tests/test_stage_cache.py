@@ -1,0 +1,112 @@
+"""Stage caching (rlhf/stage_cache.py): a run whose config and inputs match a finished run
+reuses its outputs; a pipeline rerun restarts at the step that failed; a sweep over one
+step of a pipeline trains the steps before it once. The Slurm side is test_slurm.py (f)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+from omegaconf import OmegaConf
+
+from rlhf import stage_cache
+
+REUSED_LINE = "reusing the finished run"
+
+
+def test_the_key_ignores_where_a_run_is_written_and_sees_what_it_reads(run_stage, tmp_path):
+    data = tmp_path / "sft_train.jsonl"
+    shutil.copy(run_stage.compose([]).data.sft_train, data)
+    base = ["stage=sft", "debug=tiny", f"data.sft_train={data}"]
+    key = stage_cache.key(run_stage.compose(base))
+    # where it is written and logged, and whether it resumes, change nothing it produces
+    same = [["logger=wandb", "logger.mode=offline", "experiment_name=other"],
+            ["stage.resume=true", "stage.logging_steps=1", "stage.cache=false"],
+            ["+pipeline.step_overrides.dpo.stage.beta=0.3"]]
+    for extra in same:
+        assert stage_cache.key(run_stage.compose([*base, *extra])) == key, extra
+    # the training config does, and the data by content: one line more in the file
+    assert stage_cache.key(run_stage.compose([*base, "stage.learning_rate=1e-3"])) != key
+    moved = tmp_path / "moved.jsonl"
+    shutil.copy(data, moved)
+    assert stage_cache.key(run_stage.compose([*base, f"data.sft_train={moved}"])) == key
+    with open(moved, "a", encoding="utf-8") as f:
+        f.write(data.read_text().splitlines()[0] + "\n")
+    assert stage_cache.key(run_stage.compose([*base, f"data.sft_train={moved}"])) != key
+
+
+def test_a_rerun_reuses_the_finished_run_and_says_so_in_one_line(run_cli, tmp_path):
+    args = ["stage=sft", "debug=tiny"]
+    first = run_cli([*args, f"hydra.run.dir={tmp_path / 'a'}"], cwd=tmp_path)
+    assert first.returncode == 0, first.output[-3000:]
+    assert REUSED_LINE not in first.output
+    # the same work, written elsewhere and logged differently: reused
+    again = run_cli([*args, "stage.logging_steps=1", f"hydra.run.dir={tmp_path / 'b'}"],
+                    cwd=tmp_path)
+    assert again.returncode == 0, again.output[-3000:]
+    (line,) = [l for l in again.output.splitlines() if REUSED_LINE in l]
+    assert str(tmp_path / "a") in line and "Writing model shards" not in again.output
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert json.loads((b / "metrics.json").read_text()) == \
+        json.loads((a / "metrics.json").read_text())
+    # the weights are the finished run's file (a hard link), not a copy; its checkpoints stay
+    assert (b / "model" / "model.safetensors").stat().st_ino == \
+        (a / "model" / "model.safetensors").stat().st_ino
+    assert (a / "trainer").is_dir() and not (b / "trainer").exists()
+    assert OmegaConf.load(b / "config.yaml").stage.logging_steps == 1  # its own config
+    assert json.loads((b / "cached_from.json").read_text())["run_dir"] == str(a)
+    # stage.cache=false trains again
+    fresh = run_cli([*args, "stage.cache=false", f"hydra.run.dir={tmp_path / 'c'}"],
+                    cwd=tmp_path)
+    assert fresh.returncode == 0, fresh.output[-3000:]
+    assert REUSED_LINE not in fresh.output and (tmp_path / "c" / "trainer").is_dir()
+
+
+PIPELINE = ('pipeline.steps=[{name:sft,stage:sft},'
+            '{name:dpo,stage:dpo,overrides:["model.path={sft}","debug.max_eval_rows=4"]}]')
+
+
+def test_a_pipeline_rerun_restarts_at_the_step_that_failed(run_cli, tmp_path):
+    args = ["stage=pipeline", "debug=tiny", PIPELINE]
+    failed = run_cli([*args, "+pipeline.step_overrides.dpo.data.rankings_train=/no/such.jsonl",
+                      f"hydra.run.dir={tmp_path / 'p1'}"], cwd=tmp_path)
+    assert failed.returncode == 2 and "pipeline step 'dpo'" in failed.output, failed.output[-3000:]
+    assert (tmp_path / "p1" / "sft" / "metrics.json").exists()
+    rerun = run_cli([*args, f"hydra.run.dir={tmp_path / 'p2'}"], cwd=tmp_path)
+    assert rerun.returncode == 0, rerun.output[-3000:]
+    sft_part, dpo_part = rerun.output.split("=== pipeline step dpo")
+    assert f"{REUSED_LINE} {tmp_path / 'p1' / 'sft'}" in sft_part
+    assert REUSED_LINE not in dpo_part
+    assert json.loads((tmp_path / "p2" / "dpo" / "metrics.json").read_text())["train/steps"] == 4
+
+
+def test_a_sweep_over_one_step_trains_the_steps_before_it_once(run_cli, tmp_path):
+    sweep = tmp_path / "sweep"
+    done = run_cli(["-m", "stage=pipeline", "debug=tiny", PIPELINE,
+                    "+pipeline.step_overrides.dpo.stage.beta=0.1,0.3",
+                    f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+    assert done.returncode == 0, done.output[-3000:]
+    first, second = sweep / "0_pipeline", sweep / "1_pipeline"
+    assert not (first / "sft" / "cached_from.json").exists()
+    assert json.loads((second / "sft" / "cached_from.json").read_text())["run_dir"] == \
+        str(first / "sft")
+    betas = [OmegaConf.load(p / "dpo" / "config.yaml").stage.beta for p in (first, second)]
+    assert betas == [0.1, 0.3]
+    assert all(not (p / "dpo" / "cached_from.json").exists() for p in (first, second))
+    # a later run of the second point: its DPO read the reused SFT copy, a directory of
+    # another name, and is known by that run's key: reused too
+    again = run_cli(["stage=pipeline", "debug=tiny", PIPELINE,
+                     "+pipeline.step_overrides.dpo.stage.beta=0.3",
+                     f"hydra.run.dir={tmp_path / 'again'}"], cwd=tmp_path)
+    assert again.returncode == 0, again.output[-3000:]
+    assert json.loads((tmp_path / "again" / "dpo" / "cached_from.json").read_text())[
+        "run_dir"] == str(second / "dpo")
+
+
+def test_step_overrides_must_name_a_step(run_cli, tmp_path):
+    done = run_cli(["stage=pipeline", "debug=tiny", PIPELINE,
+                    "+pipeline.step_overrides.dop.stage.beta=0.3",
+                    f"hydra.run.dir={tmp_path / 'p'}"], cwd=tmp_path)
+    assert done.returncode == 2
+    assert "pipeline.step_overrides.dop: no step is named 'dop'; the steps are sft, dpo" \
+        in done.output
