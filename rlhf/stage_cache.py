@@ -49,7 +49,7 @@ def cacheable(cfg) -> bool:
 
 
 def enabled(cfg) -> bool:
-    return cacheable(cfg) and bool(cfg.stage.get("cache", False))
+    return cacheable(cfg) and cfg.stage.cache
 
 
 def key(cfg) -> str:

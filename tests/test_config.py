@@ -288,7 +288,8 @@ STAGE_SOURCES = {  # where each stage reads its config (plus rlhf/stages/common.
 
 def _unread_fields(schema) -> list[str]:
     sources = "".join((REPO / f).read_text() for f in [
-        *STAGE_SOURCES[schema], "rlhf/stages/common.py", "rlhf/distributed/deepspeed_config.py"])
+        *STAGE_SOURCES[schema], "rlhf/stages/common.py", "rlhf/distributed/deepspeed_config.py",
+        "rlhf/stage_cache.py"])
     return [f.name for f in dataclasses.fields(schema)
             if f.name != "name" and not re.search(rf"\.{f.name}\b", sources)]
 

@@ -9,6 +9,8 @@ real jobs to it. Jobs are tiny (debug=tiny); each runs `nice -n 19` with one thr
     an uninterrupted job;
 (e) SIGKILL while a checkpoint is being written: the requeued job drops the unfinished one and
     resumes from the previous complete checkpoint.
+(f) a second sweep over a pipeline's DPO beta: its jobs reuse the first sweep's SFT run (stage
+    caching) and train only DPO.
 (d) and (e) are one job's life (preempted, then killed, then finished) beside the
 uninterrupted reference job, to keep the time down.
 
@@ -200,8 +202,9 @@ def test_pipeline_runs_as_a_chain_of_dependent_jobs(slurm_env, tmp_path):
 
 
 # ---------------------------------------------------------------- (d), (e) preemption
+# stage.cache=false: the preempted job must train, not reuse the reference job's finished run
 PREEMPTED = ["stage=sft", "debug=tiny", "debug.max_steps=12", "stage.save_every_steps=1",
-             "stage.logging_steps=1", "logger=wandb", "logger.mode=offline"]
+             "stage.logging_steps=1", "logger=wandb", "logger.mode=offline", "stage.cache=false"]
 
 
 def rank_pids(run_dir: Path) -> list[int]:
@@ -307,3 +310,39 @@ def test_job_killed_while_checkpointing_resumes_from_the_previous_complete_one(p
     assert f"removing the unfinished checkpoint {killed}" in out
     assert f"resuming from {a}/trainer/checkpoint-{previous}" in out
     assert metrics(a)["train/steps"] == 12
+
+
+# ---------------------------------------------------------------- (f) cached stages
+CACHED_PIPELINE = ('pipeline.steps=[{name:sft,stage:sft},'
+                   '{name:dpo,stage:dpo,overrides:["model.path={sft}","debug.max_eval_rows=4"]}]')
+
+
+def test_a_second_beta_sweep_reuses_the_first_sweeps_sft_run(slurm_env, tmp_path):
+    env = {**slurm_env, "RLHF_STAGE_CACHE_DIR": str(tmp_path / "stage_cache")}
+
+    def sweep(name: str, betas: str) -> Path:
+        done = subprocess.run(
+            ["nice", "-n", "19", str(VENV_BIN / "rlhf"), "-m", "hydra/launcher=slurm",
+             "stage=pipeline", "debug=tiny", CACHED_PIPELINE,
+             f"+pipeline.step_overrides.dpo.stage.beta={betas}",
+             "hydra.launcher.gpus_per_node=null", "hydra.launcher.tasks_per_node=1",
+             "hydra.launcher.cpus_per_task=1", "hydra.launcher.timeout_min=20",
+             f"hydra.sweep.dir={tmp_path / name}"],
+            env=env, cwd=tmp_path, capture_output=True, text=True, timeout=900)
+        assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+        return tmp_path / name
+
+    first = sweep("first", "0.1")
+    trained = first / "0_pipeline" / "sft"
+    assert (trained / "trainer").is_dir() and not (trained / "cached_from.json").exists()
+    second = sweep("second", "0.2,0.3")
+    for n, beta in [(0, 0.2), (1, 0.3)]:
+        job_dir = second / f"{n}_pipeline"
+        assert json.loads((job_dir / "sft" / "cached_from.json").read_text())["run_dir"] == \
+            str(trained)
+        assert f"reusing the finished run {trained}" in (job_dir / "sft" / "step.log").read_text()
+        assert not (job_dir / "sft" / "trainer").exists()
+        # DPO trained, at this job's beta, from the reused SFT model
+        assert OmegaConf.load(job_dir / "dpo" / "config.yaml").stage.beta == beta
+        assert metrics(job_dir / "dpo")["train/steps"] == 4
+        assert not (job_dir / "dpo" / "cached_from.json").exists()
