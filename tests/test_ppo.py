@@ -241,7 +241,8 @@ def test_every_ppo_field_is_read():
     repo = Path(__file__).resolve().parent.parent
     sources = "".join((repo / f).read_text() for f in [
         "rlhf/stages/ppo.py", "rlhf/rewards/__init__.py", "rlhf/stages/common.py",
-        "rlhf/models/trainable.py", "rlhf/distributed/deepspeed_config.py"])
+        "rlhf/models/trainable.py", "rlhf/distributed/deepspeed_config.py",
+        "rlhf/stage_cache.py"])
     sources += inspect.getsource(config.validate_ppo) + \
         inspect.getsource(config.validate_eval_data)
     unread = [f.name for f in dataclasses.fields(config.PPOStageConfig)

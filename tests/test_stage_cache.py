@@ -62,45 +62,50 @@ def test_a_rerun_reuses_the_finished_run_and_says_so_in_one_line(run_cli, tmp_pa
     assert REUSED_LINE not in fresh.output and (tmp_path / "c" / "trainer").is_dir()
 
 
+def test_a_pipeline_without_the_cache_passes_it_to_every_cached_step(run_stage):
+    from rlhf.stages.pipeline import own_overrides
+
+    cfg = run_stage.compose(["experiment=demo", "stage.cache=false"])
+    dirs = {s.name: f"/runs/{s.name}" for s in cfg.pipeline.steps}
+    for step in cfg.pipeline.steps:
+        extra = "stage.cache=false" in own_overrides(cfg, step, dirs)
+        assert extra == (step.stage != "export"), step.name  # export has nothing to reuse
+
+
 PIPELINE = ('pipeline.steps=[{name:sft,stage:sft},'
             '{name:dpo,stage:dpo,overrides:["model.path={sft}","debug.max_eval_rows=4"]}]')
 
 
-def test_a_pipeline_rerun_restarts_at_the_step_that_failed(run_cli, tmp_path):
+def test_pipeline_reruns_and_sweeps_train_each_step_once(run_cli, tmp_path):
+    """A pipeline whose DPO step failed; then a sweep over DPO's beta restarts at DPO (both
+    jobs reuse the SFT run of the failed pipeline); then a rerun of one point reuses both
+    steps, though its DPO read another directory (the reused copy of SFT)."""
     args = ["stage=pipeline", "debug=tiny", PIPELINE]
     failed = run_cli([*args, "+pipeline.step_overrides.dpo.data.rankings_train=/no/such.jsonl",
-                      f"hydra.run.dir={tmp_path / 'p1'}"], cwd=tmp_path)
+                      f"hydra.run.dir={tmp_path / 'failed'}"], cwd=tmp_path)
     assert failed.returncode == 2 and "pipeline step 'dpo'" in failed.output, failed.output[-3000:]
-    assert (tmp_path / "p1" / "sft" / "metrics.json").exists()
-    rerun = run_cli([*args, f"hydra.run.dir={tmp_path / 'p2'}"], cwd=tmp_path)
-    assert rerun.returncode == 0, rerun.output[-3000:]
-    sft_part, dpo_part = rerun.output.split("=== pipeline step dpo")
-    assert f"{REUSED_LINE} {tmp_path / 'p1' / 'sft'}" in sft_part
-    assert REUSED_LINE not in dpo_part
-    assert json.loads((tmp_path / "p2" / "dpo" / "metrics.json").read_text())["train/steps"] == 4
+    trained_sft = tmp_path / "failed" / "sft"
+    assert (trained_sft / "metrics.json").exists()
 
-
-def test_a_sweep_over_one_step_trains_the_steps_before_it_once(run_cli, tmp_path):
     sweep = tmp_path / "sweep"
-    done = run_cli(["-m", "stage=pipeline", "debug=tiny", PIPELINE,
-                    "+pipeline.step_overrides.dpo.stage.beta=0.1,0.3",
+    done = run_cli(["-m", *args, "+pipeline.step_overrides.dpo.stage.beta=0.1,0.3",
                     f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
     assert done.returncode == 0, done.output[-3000:]
-    first, second = sweep / "0_pipeline", sweep / "1_pipeline"
-    assert not (first / "sft" / "cached_from.json").exists()
-    assert json.loads((second / "sft" / "cached_from.json").read_text())["run_dir"] == \
-        str(first / "sft")
-    betas = [OmegaConf.load(p / "dpo" / "config.yaml").stage.beta for p in (first, second)]
-    assert betas == [0.1, 0.3]
-    assert all(not (p / "dpo" / "cached_from.json").exists() for p in (first, second))
-    # a later run of the second point: its DPO read the reused SFT copy, a directory of
-    # another name, and is known by that run's key: reused too
-    again = run_cli(["stage=pipeline", "debug=tiny", PIPELINE,
-                     "+pipeline.step_overrides.dpo.stage.beta=0.3",
+    jobs = [sweep / "0_pipeline", sweep / "1_pipeline"]
+    for job, beta in zip(jobs, [0.1, 0.3]):
+        assert json.loads((job / "sft" / "cached_from.json").read_text())["run_dir"] == \
+            str(trained_sft)
+        assert f"{REUSED_LINE} {trained_sft}" in (job / "sft" / "step.log").read_text()
+        assert OmegaConf.load(job / "dpo" / "config.yaml").stage.beta == beta
+        assert not (job / "dpo" / "cached_from.json").exists()
+        assert json.loads((job / "dpo" / "metrics.json").read_text())["train/steps"] == 4
+
+    again = run_cli([*args, "+pipeline.step_overrides.dpo.stage.beta=0.3",
                      f"hydra.run.dir={tmp_path / 'again'}"], cwd=tmp_path)
     assert again.returncode == 0, again.output[-3000:]
     assert json.loads((tmp_path / "again" / "dpo" / "cached_from.json").read_text())[
-        "run_dir"] == str(second / "dpo")
+        "run_dir"] == str(jobs[1] / "dpo")
+
 
 
 def test_step_overrides_must_name_a_step(run_cli, tmp_path):

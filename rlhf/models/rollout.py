@@ -116,8 +116,35 @@ class ResponseBatch:
 
 
 def answer_logits(model, batch: ResponseBatch) -> torch.Tensor:
-    """Logits predicting each answer token, (B, T, V), in float32."""
+    """Logits predicting each answer token, (B, T, V), in float32.
+
+    Only the last T + 1 positions go through the LM head (transformers' `logits_to_keep`):
+    the prompt's logits, most of a (B, P + T, V) tensor, would be computed and dropped, and
+    the LM head and log-softmax over them were a third of PPO's update on the demo model."""
+    T = batch.response_ids.shape[1]
+    if keeps_logits(model):
+        logits = model(**batch.model_inputs(), logits_to_keep=T + 1).logits
+        return logits[:, :T].float()  # positions P - 1 .. P + T - 2 of P + T
     return batch.answer_slice(model(**batch.model_inputs()).logits).float()
+
+
+_KEEPS_LOGITS: dict[type, bool] = {}
+
+
+def keeps_logits(model) -> bool:
+    """Whether the causal LM under any wrapper (DeepSpeed, DDP, peft) takes `logits_to_keep`
+    (Llama, Qwen2, Mistral, Gemma, ... in transformers 5; not every architecture)."""
+    import inspect
+
+    inner = model
+    while hasattr(inner, "module"):  # DeepSpeed engine, DDP
+        inner = inner.module
+    if hasattr(inner, "get_base_model"):  # peft
+        inner = inner.get_base_model()
+    kind = type(inner)
+    if kind not in _KEEPS_LOGITS:
+        _KEEPS_LOGITS[kind] = "logits_to_keep" in inspect.signature(inner.forward).parameters
+    return _KEEPS_LOGITS[kind]
 
 
 def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: float) -> torch.Tensor:

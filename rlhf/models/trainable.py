@@ -80,7 +80,10 @@ class Trainable:
             self.wrapped = self.engine
         else:
             self.engine = None
-            self.optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+            # foreach: one kernel per op over all tensors; torch picks it only on CUDA, and on
+            # CPU the per-tensor loop was a visible share of a small model's step
+            self.optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay,
+                                               foreach=True)
             self.scheduler = get_scheduler(scheduler, self.optimizer, warmup_steps, total_steps)
             self.wrapped = module
             if dist.backend == Backend.ddp and world_size() > 1:

@@ -148,8 +148,10 @@ def run(cfg) -> dict:
                         pg_loss, stats = algo.policy_loss(logps, old_logps[idx],
                                                           advantages[idx], part_mask,
                                                           stage.cliprange)
-                        entropy = algo.masked_mean(
-                            algo.entropy_from_logits(logits / stage.temperature), part_mask)
+                        # with no entropy bonus the entropy is only reported: no graph for it
+                        with torch.set_grad_enabled(stage.entropy_coef != 0):
+                            entropy = algo.masked_mean(
+                                algo.entropy_from_logits(logits / stage.temperature), part_mask)
                         loss = pg_loss - stage.entropy_coef * entropy
                         if not stage.kl_in_reward:
                             kl_now = algo.kl_estimate(logps, ref_logps[idx], stage.kl_estimator,
