@@ -84,6 +84,29 @@ def test_position_ids_under_left_padding(tiny):
                               _answer_logps(gpt2, together, with_positions=False)[0], atol=1e-3)
 
 
+def test_answer_logits_through_the_lm_head_only_where_answers_are(tiny):
+    """answer_logits sends only the answer positions through the LM head (logits_to_keep):
+    the same logits as slicing the whole sequence's; a model whose forward has no
+    logits_to_keep takes the slicing path."""
+    from rlhf.models.rollout import ResponseBatch, answer_logits, keeps_logits
+
+    llama, _ = tiny
+
+    class NoKeep(torch.nn.Module):  # an architecture without logits_to_keep
+        def forward(self, input_ids, attention_mask, position_ids):
+            return llama(input_ids=input_ids, attention_mask=attention_mask,
+                         position_ids=position_ids)
+
+    batch = ResponseBatch.build([[5, 6, 7], [8, 9, 10, 11, 12]], [[20, 21, 1], [23]], pad=0)
+    assert keeps_logits(llama) and not keeps_logits(NoKeep())
+    with torch.no_grad():
+        whole = batch.answer_slice(llama(**batch.model_inputs()).logits)
+        for model in (llama, NoKeep()):
+            got = answer_logits(model, batch)
+            assert got.shape == whole.shape == (2, 3, llama.vocab_size)
+            assert torch.allclose(got, whole, atol=1e-5)
+
+
 def test_stop_tokens_pad_and_cut(tiny):
     from rlhf.models.rollout import cut_after_stop, safe_pad_id, stop_token_ids
 
