@@ -10,7 +10,7 @@ real jobs to it. Jobs are tiny (debug=tiny); each runs `nice -n 19` with one thr
 (e) SIGKILL while a checkpoint is being written: the requeued job drops the unfinished one and
     resumes from the previous complete checkpoint.
 (f) a second sweep over a pipeline's DPO beta: its jobs reuse the first sweep's SFT run (stage
-    caching) and train only DPO.
+    caching); the point both sweeps share reuses its DPO run too, the other trains DPO.
 (d) and (e) are one job's life (preempted, then killed, then finished) beside the
 uninterrupted reference job, to keep the time down.
 
@@ -332,17 +332,21 @@ def test_a_second_beta_sweep_reuses_the_first_sweeps_sft_run(slurm_env, tmp_path
         assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
         return tmp_path / name
 
-    first = sweep("first", "0.1")
-    trained = first / "0_pipeline" / "sft"
-    assert (trained / "trainer").is_dir() and not (trained / "cached_from.json").exists()
-    second = sweep("second", "0.2,0.3")
-    for n, beta in [(0, 0.2), (1, 0.3)]:
+    first = sweep("first", "0.1") / "0_pipeline"
+    assert (first / "sft" / "trainer").is_dir() and not (first / "sft" / "cached_from.json").exists()
+    second = sweep("second", "0.1,0.3")
+    for n, beta in [(0, 0.1), (1, 0.3)]:
         job_dir = second / f"{n}_pipeline"
         assert json.loads((job_dir / "sft" / "cached_from.json").read_text())["run_dir"] == \
-            str(trained)
-        assert f"reusing the finished run {trained}" in (job_dir / "sft" / "step.log").read_text()
+            str(first / "sft")
+        assert f"reusing the finished run {first / 'sft'}" in \
+            (job_dir / "sft" / "step.log").read_text()
         assert not (job_dir / "sft" / "trainer").exists()
-        # DPO trained, at this job's beta, from the reused SFT model
         assert OmegaConf.load(job_dir / "dpo" / "config.yaml").stage.beta == beta
         assert metrics(job_dir / "dpo")["train/steps"] == 4
-        assert not (job_dir / "dpo" / "cached_from.json").exists()
+    # beta 0.1 again: its DPO read the reused copy of SFT (another directory), which is known
+    # by the SFT run's key, so the first sweep's DPO is reused too; beta 0.3 trained
+    reused = second / "0_pipeline" / "dpo" / "cached_from.json"
+    assert json.loads(reused.read_text())["run_dir"] == str(first / "dpo")
+    assert not (second / "1_pipeline" / "dpo" / "cached_from.json").exists()
+    assert (second / "1_pipeline" / "dpo" / "trainer").is_dir()
