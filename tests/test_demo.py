@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from omegaconf import OmegaConf
 
 
 @pytest.mark.slow
@@ -26,6 +27,19 @@ def test_demo_end_to_end(run_cli, tmp_path):
     summary = json.loads((run_dir / "summary.json").read_text())
     base, sft, rm, dpo, ppo = (summary[k] for k in ("base_eval", "sft_eval", "rm", "dpo", "ppo"))
     print(json.dumps(summary, indent=1))
+    # the pipeline: every step in order; the steps' own overrides reached them, {sft} became
+    # the SFT run's directory
+    assert list(summary) == ["base_eval", "sft", "rm", "sft_eval", "dpo", "ppo", "final_eval",
+                             "export"]
+    assert OmegaConf.load(run_dir / "sft" / "config.yaml").stage.learning_rate == 2e-3
+    sft_eval = OmegaConf.load(run_dir / "sft_eval" / "config.yaml")
+    assert sft_eval.model.path == str(run_dir / "sft")
+    assert sft_eval.stage.reward_model == str(run_dir / "rm")
+    assert OmegaConf.load(run_dir / "dpo" / "config.yaml").model.path == str(run_dir / "sft")
+    samples = [json.loads(line) for line in open(run_dir / "sft_eval" / "samples.jsonl")]
+    assert {"greedy", "sampled"} <= set(samples[0]["answers"])
+    assert 0.0 <= samples[0]["scores"]["greedy"]["total"] <= 1.0
+    assert "eval/reward_model_greedy" in sft
     assert base["eval/num_prompts"] == sft["eval/num_prompts"] == dpo["eval/num_prompts"] == 200
     # SFT learns the domain and answers held-out phrasings with the right fact (0.81 measured)
     assert sft["eval/oracle_fact_greedy"] >= 0.75
@@ -60,7 +74,8 @@ def test_demo_end_to_end(run_cli, tmp_path):
     table = result.output.split("=== final_eval")[1].split("===")[0]
     assert all(name in table for name in ("untrained", "sft", "dpo", "ppo"))
     assert (run_dir / "compare" / "compare.csv").exists()
-    assert list((run_dir / "compare").glob("*.png"))
+    assert {p.name for p in (run_dir / "compare").glob("*.png")} >= {"train_loss.png",
+                                                                  "ppo_score_mean.png"}
     # the best of SFT, DPO and PPO by the sampled oracle score, exported
     best = max(("sft_eval", "dpo", "ppo"), key=lambda k: summary[k]["eval/oracle_sampled"])
     chosen = json.loads((run_dir / "export" / "lineage.json").read_text())["selection"]

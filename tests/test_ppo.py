@@ -187,9 +187,14 @@ def test_resume_continues_at_the_next_step_with_the_same_kl_coefficient(
     shutil.copytree(synthetic_run[0], run_dir)
     saved = json.loads((run_dir / "trainer" / "checkpoint-8" / "ppo_state.json").read_text())
     assert saved["step"] == 8
+    before = _history(run_dir)
     run_stage([*SYNTHETIC, "stage.max_steps=9", "stage.resume=true"], run_dir)
     history = _history(run_dir)
-    assert [h["train/step"] for h in history] == [9]  # nothing before it ran again
+    # the log goes on from the checkpoint: steps 1-8 as they were (their timings too, so
+    # nothing before step 9 ran again), then step 9
+    assert [h["train/step"] for h in history] == list(range(1, 10))
+    assert history[:8] == before and saved["history"] == before
+    history = history[8:]
     # the coefficient step 9 used is the one the controller held after step 8
     assert history[0]["ppo/kl_coef"] == pytest.approx(saved["kl_controller"]["value"])
     assert history[0]["ppo/kl_coef"] != 0.01

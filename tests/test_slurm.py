@@ -9,6 +9,7 @@ real jobs to it. Jobs are tiny (debug=tiny); each runs `nice -n 19` with one thr
     an uninterrupted job;
 (e) SIGKILL while a checkpoint is being written: the requeued job drops the unfinished one and
     resumes from the previous complete checkpoint.
+(d') the same for ppo, whose loop is our own (rlhf/stages/ppo.py), not the Trainer's;
 (f) a second sweep over a pipeline's DPO beta: its jobs reuse the first sweep's SFT run (stage
     caching); the point both sweeps share reuses its DPO run too, the other trains DPO.
 (d) and (e) are one job's life (preempted, then killed, then finished) beside the
@@ -310,6 +311,44 @@ def test_job_killed_while_checkpointing_resumes_from_the_previous_complete_one(p
     assert f"removing the unfinished checkpoint {killed}" in out
     assert f"resuming from {a}/trainer/checkpoint-{previous}" in out
     assert metrics(a)["train/steps"] == 12
+
+
+# ---------------------------------------------------------------- (d') ppo's own loop
+# 8 answers of at most 8 tokens per rollout (~0.5 s a step), no held-out evaluation
+PPO_PREEMPTED = ["stage=ppo", "debug=tiny", "debug.max_steps=8", "stage.save_every_steps=1",
+                 "stage.global_batch_size=8", "stage.per_device_batch_size=8",
+                 "stage.max_new_tokens=8", "data.eval_prompts=null",
+                 "stage.logging_steps=1", "stage.cache=false", "stage.critic_init=policy",
+                 "stage.reward_funcs=[{_target_: rlhf.rewards.length.LengthPenalty, "
+                 "max_words: 3}]"]
+
+
+def test_preempted_ppo_job_resumes_its_own_loop_like_an_uninterrupted_one(slurm_env, tmp_path):
+    script = str(REPO / "slurm" / "stage.sbatch")
+    a, b = tmp_path / "a", tmp_path / "b"
+    job_a = sbatch([f"--output={tmp_path}/a.out", script, *PPO_PREEMPTED, f"hydra.run.dir={a}"],
+                   slurm_env, tmp_path)
+    job_b = sbatch([f"--output={tmp_path}/b.out", script, *PPO_PREEMPTED, f"hydra.run.dir={b}"],
+                   slurm_env, tmp_path)
+    wait_for(lambda: (a / "trainer" / "checkpoint-2" / "ppo_state.json").exists(), 600,
+             "the ppo job's second checkpoint", every=0.1)
+    subprocess.run(["scancel", "--signal=USR2", "--batch", job_a], check=True)
+    start_now_when_requeued(job_a)
+    state_a, state_b = wait_done(job_a), wait_done(job_b)
+    out = (tmp_path / "a.out").read_text()
+    assert state_a["JobState"] == state_b["JobState"] == "COMPLETED", out[-4000:]
+    assert "caught SIGUSR2" in out and f"requeueing Slurm job {job_a}" in out
+    resumed = re.search(r"resuming stage=ppo from \S+checkpoint-(\d+) \(step (\d+)", out)
+    assert resumed and 2 <= int(resumed.group(2)) < 8, out[-4000:]
+    # every step once, in order, with the same rollouts, rewards and losses as job B's
+    ours, theirs = (json.loads((d / "log_history.json").read_text()) for d in (a, b))
+    assert [h["train/step"] for h in ours] == [h["train/step"] for h in theirs] == \
+        list(range(1, 9))
+    for key in ("ppo/score_mean", "ppo/kl", "ppo/kl_coef", "ppo/policy_loss", "ppo/value_loss",
+                "ppo/response_length"):
+        assert [h[key] for h in ours] == pytest.approx([h[key] for h in theirs],
+                                                       rel=1e-4, abs=1e-6), key
+    assert metrics(a)["train/steps"] == 8
 
 
 # ---------------------------------------------------------------- (f) cached stages

@@ -79,8 +79,9 @@ def run(cfg) -> dict:
                         stage.gather_for_generation)
     columns = [k for k in rows[0] if k != "prompt"]  # extra columns reach reward_funcs
 
-    start = resume_checkpoint(cfg, out, actor, critic, kl_ctl)
-    history, metrics = [], {}
+    # the metrics of every step so far: a resumed run continues its log_history.json
+    start, history = resume_checkpoint(cfg, out, actor, critic, kl_ctl)
+    metrics = {}
     bar = tqdm(total=steps, initial=start, disable=not is_main_process(), desc="ppo")
     started = time.time()
     for step in range(start + 1, steps + 1):
@@ -211,13 +212,14 @@ def run(cfg) -> dict:
                         kl=f"{metrics['ppo/kl']:.3f}", score=f"{metrics['ppo/score_mean']:.3f}")
         bar.update(1)
         if stage.save_every_steps and step % stage.save_every_steps == 0 and step < steps:
-            save_checkpoint(cfg, out, step, actor, critic, kl_ctl)
+            save_checkpoint(cfg, out, step, actor, critic, kl_ctl, history)
         # Slurm's pre-timeout signal or a preemption: this step's checkpoint, requeue, exit
-        preemption.stop_here(lambda: save_checkpoint(cfg, out, step, actor, critic, kl_ctl))
+        preemption.stop_here(
+            lambda: save_checkpoint(cfg, out, step, actor, critic, kl_ctl, history))
     bar.close()
 
     train_runtime = time.time() - started
-    save_checkpoint(cfg, out, steps, actor, critic, kl_ctl)
+    save_checkpoint(cfg, out, steps, actor, critic, kl_ctl, history)
     save_policy(actor, tokenizer, cfg, out)
     if is_main_process():
         (out / "log_history.json").write_text(json.dumps(history, indent=1))
@@ -363,9 +365,10 @@ def checkpoint_dirs(out: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name.split("-")[1]))
 
 
-def save_checkpoint(cfg, out: Path, step: int, actor, critic, kl_ctl) -> None:
+def save_checkpoint(cfg, out: Path, step: int, actor, critic, kl_ctl, history: list) -> None:
     """<run dir>/trainer/checkpoint-<step>: actor and critic with their optimizers and
-    schedulers (DeepSpeed shards under ZeRO), the KL controller, every rank's RNG state.
+    schedulers (DeepSpeed shards under ZeRO), the KL controller, every rank's RNG state, the
+    metrics of the steps so far.
     `ppo_state.json` is written last: a checkpoint without it is unfinished and ignored."""
     import torch
     import torch.distributed as dist
@@ -384,25 +387,27 @@ def save_checkpoint(cfg, out: Path, step: int, actor, critic, kl_ctl) -> None:
         dist.barrier()
     if is_main_process():
         (ckpt / "ppo_state.json").write_text(json.dumps(
-            {"step": step, "kl_controller": kl_ctl.state_dict(), "world_size": world_size()}))
+            {"step": step, "kl_controller": kl_ctl.state_dict(), "world_size": world_size(),
+             "history": history}))
         for old in checkpoint_dirs(out)[:-max(1, cfg.stage.keep_checkpoints)]:
             shutil.rmtree(old)
     if dist.is_initialized():
         dist.barrier()
 
 
-def resume_checkpoint(cfg, out: Path, actor, critic, kl_ctl) -> int:
-    """With stage.resume=true, load the newest checkpoint and return its step (0: none)."""
+def resume_checkpoint(cfg, out: Path, actor, critic, kl_ctl) -> tuple[int, list]:
+    """With stage.resume=true, load the newest checkpoint; return its step and the metrics of
+    the steps up to it ((0, []): none)."""
     import torch
 
     if not cfg.stage.resume:
-        return 0
+        return 0, []
     found = checkpoint_dirs(out)
     if not found:
         if is_main_process():
             print(f"rlhf: stage.resume=true but {out / 'trainer'} holds no checkpoint; "
                   "starting fresh")
-        return 0
+        return 0, []
     ckpt = found[-1]
     state = json.loads((ckpt / "ppo_state.json").read_text())
     actor.load(ckpt / "actor")
@@ -416,7 +421,7 @@ def resume_checkpoint(cfg, out: Path, actor, critic, kl_ctl) -> int:
     if is_main_process():
         print(f"rlhf: resuming stage=ppo from {ckpt} (step {state['step']}, "
               f"kl_coef {kl_ctl.value:.6g})")
-    return state["step"]
+    return state["step"], state.get("history", [])
 
 
 def save_policy(actor, tokenizer, cfg, out: Path) -> Path:
