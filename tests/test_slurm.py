@@ -221,18 +221,22 @@ def rank_pids(run_dir: Path) -> list[int]:
     return pids
 
 
+def submit_twice(args: list[str], env: dict, tmp: Path) -> list[tuple[Path, str]]:
+    """The same stage as two jobs side by side, A (to be interrupted) and B (the reference):
+    their run directories tmp/a, tmp/b and job ids; their output in tmp/a.out, tmp/b.out."""
+    script = str(REPO / "slurm" / "stage.sbatch")
+    return [(tmp / name, sbatch([f"--output={tmp}/{name}.out", script, *args,
+                                 f"hydra.run.dir={tmp / name}"], env, tmp))
+            for name in ("a", "b")]
+
+
 @pytest.fixture(scope="module")
 def preempted_job(slurm_env, tmp_path_factory):
     """Job A is sent USR2 (the pre-timeout signal) after its 2nd checkpoint, requeued, and on
     its second run SIGKILLed while it writes a checkpoint, then requeued by hand (as a node
     failure would); job B, the same command, runs through untouched beside it."""
     tmp = tmp_path_factory.mktemp("preempt")
-    script = str(REPO / "slurm" / "stage.sbatch")
-    a, b = tmp / "a", tmp / "b"
-    job_a = sbatch([f"--output={tmp}/a.out", script, *PREEMPTED, f"hydra.run.dir={a}"],
-                   slurm_env, tmp)
-    job_b = sbatch([f"--output={tmp}/b.out", script, *PREEMPTED, f"hydra.run.dir={b}"],
-                   slurm_env, tmp)
+    (a, job_a), (b, job_b) = submit_twice(PREEMPTED, slurm_env, tmp)
     seen = {"job": job_a}
     # (d) the pre-timeout signal, as --signal=B:USR2@<s> delivers it, mid-training
     wait_for(lambda: (a / "trainer" / "checkpoint-2" / "complete.json").exists(), 600,
@@ -324,12 +328,7 @@ PPO_PREEMPTED = ["stage=ppo", "debug=tiny", "debug.max_steps=8", "stage.save_eve
 
 
 def test_preempted_ppo_job_resumes_its_own_loop_like_an_uninterrupted_one(slurm_env, tmp_path):
-    script = str(REPO / "slurm" / "stage.sbatch")
-    a, b = tmp_path / "a", tmp_path / "b"
-    job_a = sbatch([f"--output={tmp_path}/a.out", script, *PPO_PREEMPTED, f"hydra.run.dir={a}"],
-                   slurm_env, tmp_path)
-    job_b = sbatch([f"--output={tmp_path}/b.out", script, *PPO_PREEMPTED, f"hydra.run.dir={b}"],
-                   slurm_env, tmp_path)
+    (a, job_a), (b, job_b) = submit_twice(PPO_PREEMPTED, slurm_env, tmp_path)
     wait_for(lambda: (a / "trainer" / "checkpoint-2" / "ppo_state.json").exists(), 600,
              "the ppo job's second checkpoint", every=0.1)
     subprocess.run(["scancel", "--signal=USR2", "--batch", job_a], check=True)
