@@ -60,11 +60,12 @@ def test_demo_end_to_end(run_cli, tmp_path):
     assert ratio["met"] == (dpo["eval/oracle_sampled"] >= ratio["bar"])
     report = result.output.split("=== quality floors")[1]
     assert report.count("met   ") + report.count("MISSED") == 6
-    # PPO optimises the reward model's score; the oracle says whether that helped (1.05x
-    # measured) or was reward hacking: it must not wreck the model
+    # PPO optimises the reward model's score; the oracle says whether that helped (1.11x
+    # sampled, fact 0.845 against SFT's 0.81 measured) or was reward hacking
     assert ppo["eval/num_prompts"] == 200 and ppo["eval/kl_to_reference"] > 0
     assert ppo["eval/reward_model_sampled"] > sft["eval/reward_model_sampled"]
-    assert ppo["eval/oracle_sampled"] >= 0.97 * sft["eval/oracle_sampled"]
+    assert ppo["eval/oracle_sampled"] >= 1.05 * sft["eval/oracle_sampled"]
+    assert ppo["eval/oracle_fact_greedy"] >= sft["eval/oracle_fact_greedy"] - 0.02
     # the four models side by side, SFT the baseline, and the table under the summary
     final = summary["final_eval"]
     for name in ("untrained", "dpo", "ppo"):
@@ -82,7 +83,7 @@ def test_demo_end_to_end(run_cli, tmp_path):
     assert chosen["chosen"].rstrip("/").endswith(best), chosen
     assert summary["export"]["export/eval/oracle_sampled"] == summary[best]["eval/oracle_sampled"]
     assert (run_dir / "export" / "model" / "model.safetensors").exists()
-    assert "sft" in (run_dir / "export" / "model" / "README.md").read_text()
+    assert best in (run_dir / "export" / "model" / "README.md").read_text()
     # the summary table fits a 100-column terminal
     table = result.output.split("=== summary")[1].split("=== final_eval")[0]
     assert max(map(len, table.splitlines())) <= 100
