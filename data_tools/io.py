@@ -34,12 +34,13 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}-", dir=path.parent)
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write(text)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600; give it the user's modes
+    os.chmod(tmp, 0o666 & ~user_umask())  # mkstemp makes it 0600; give it the user's modes
     os.replace(tmp, path)
 
 
-def _umask() -> int:
-    umask = os.umask(0)  # reading the umask means setting it; put it straight back
+def user_umask() -> int:
+    """The process's umask (reading it means setting it; it is put straight back)."""
+    umask = os.umask(0)
     os.umask(umask)
     return umask
 

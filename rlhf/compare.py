@@ -146,7 +146,8 @@ def wandb_runs(project: str, group: str | None, offline_dir: Path | None) -> lis
 # ---------------------------------------------------------------- table, CSV, plots
 def differing_keys(runs: list[Run]) -> list[str]:
     """Config keys whose values differ between the runs, the stage's own first."""
-    keys = sorted({k for r in runs for k in r.config}, key=lambda k: (not k.startswith("stage."), k))
+    keys = sorted({k for r in runs for k in r.config},
+                  key=lambda k: (not k.startswith("stage."), k))
     return [k for k in keys if not k.startswith(IGNORED_KEYS)
             and len({json.dumps(r.config.get(k), sort_keys=True, default=str) for r in runs}) > 1]
 

@@ -9,6 +9,7 @@ import shutil
 import time
 from pathlib import Path
 
+from data_tools.io import user_umask
 from rlhf import runs, stage_cache
 from rlhf.config import Precision
 from rlhf.distributed import is_main_process, mean_over_ranks, world_size
@@ -103,7 +104,6 @@ class StageRun:
         self.started = time.time()
         if is_main_process():
             runs.save_config(cfg, self.out)
-            with_user_umask(self.out / "config.yaml")
         self.tracker = make_tracker(cfg, self.out)
         # what a later run of the same work reuses (rlhf/stage_cache.py); known before
         # training, since a run may change nothing it reads, but worked out on rank 0 only
@@ -114,7 +114,6 @@ class StageRun:
         metrics = {**metrics, "runtime_s": round(time.time() - self.started, 2)}
         if is_main_process():
             runs.write_metrics(self.out, metrics)
-            with_user_umask(self.out / "metrics.json")
             if (self.out / "trainer").is_dir():  # checkpoints: safetensors writes 0600 too
                 with_user_umask(self.out / "trainer")
             if self.cache_key:
@@ -264,10 +263,10 @@ def keep_with_trainer_state(model_dir: Path, out: Path) -> None:
 def with_user_umask(path: Path) -> None:
     """Give `path` and what it holds the modes the user's umask asks for.
 
-    safetensors 0.8 (model.safetensors) and temporary-file writes (mkstemp: config.yaml,
-    metrics.json) create files readable by their owner only (0600), whatever the umask."""
-    umask = os.umask(0)  # reading the umask means setting it; put it straight back
-    os.umask(umask)
+    safetensors 0.8 (model.safetensors, checkpoints) creates files readable by their owner
+    only (0600), whatever the umask. (config.yaml and metrics.json go through
+    data_tools.io.atomic_write_text, which applies the umask itself.)"""
+    umask = user_umask()
     paths = [path, *path.rglob("*")] if path.is_dir() else [path]
     for p in paths:
         if p.is_file() or p.is_dir():
