@@ -8,7 +8,8 @@ environment (`--trl-venv`, default ~/.cache/rlhf/bench-trl112; created when miss
 torch, transformers, accelerate and datasets versions as ours, then trl==1.12.0), and driven by a
 small script this benchmark writes. Our side is `rlhf stage=ppo` in this interpreter's
 environment. The two run one after the other, never together, TRL as shipped, TRL with its two
-per-step `gc.collect()` calls turned into no-ops (the module's `gc` replaced), then ours.
+per-step `gc.collect()` calls turned into no-ops (the module's `gc` replaced), then ours twice
+(log-probs from the rollout as TRL, then recomputed).
 
 Same work on both sides:
 - models: the policy is a `rlhf stage=sft debug=tiny` run of the demo's tiny Llama, the reward
@@ -17,6 +18,10 @@ Same work on both sides:
   (a LlamaForSequenceClassification read at every position on both sides);
 - prompts: the same 8 x (warm-up + steps) demo prompts, tokenized with the chat template and
   its generation prompt (ours: `prompt_token_ids`; TRL gets those token ids);
+- no gradient clipping (TRL 1.12's PPO loop never clips; ours: `stage.max_grad_norm=0`);
+- the old log-probs of the sampled tokens: TRL takes them from generation's logits, and so
+  does our equal-work run (`stage.rollout_logprobs=true`); our default, which recomputes them
+  with a full forward pass of the actor, is run and printed too;
 - 8 prompts per step, one answer each, at most 16 new tokens (temperature 1, no top-k/top-p),
   4 PPO epochs over one minibatch of 8 (no accumulation), fixed KL coefficient 0.05 (k1 in
   the reward), GAE gamma 1 / lambda 0.95, clip 0.2 / value clip 0.2, vf_coef 0.1, fp32, CPU.
@@ -55,6 +60,11 @@ from pathlib import Path
 
 BATCH, NEW_TOKENS, EPOCHS, KL_COEF = 8, 16, 4, 0.05
 TRL_PINS = ["trl==1.12.0"]
+# our runs: TRL takes the old log-probs from generation's logits, so the equal-work run does
+# too (stage.rollout_logprobs=true); the default recomputes them with one more forward pass
+EQUAL_WORK = "rlhf stage=ppo (log-probs from rollout)"
+OURS = {EQUAL_WORK: ["stage.rollout_logprobs=true"],
+        "rlhf stage=ppo (log-probs recomputed)": ["stage.rollout_logprobs=false"]}
 SAME_AS_OURS = ["transformers", "accelerate", "datasets"]
 
 TRL_DRIVER = textwrap.dedent('''
@@ -147,8 +157,8 @@ def ensure_trl_venv(venv: Path) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=8, help="timed steps, after the warm-up")
-    parser.add_argument("--warmup", type=int, default=2, help="steps left out of the timing")
+    parser.add_argument("--steps", type=int, default=20, help="timed steps, after the warm-up")
+    parser.add_argument("--warmup", type=int, default=3, help="steps left out of the timing")
     parser.add_argument("--policy", help="an SFT run dir (default: built with stage=sft debug=tiny)")
     parser.add_argument("--reward-model", help="a stage=rm run dir (default: built from --policy)")
     parser.add_argument("--trl-venv", default=str(Path.home() / ".cache/rlhf/bench-trl112"))
@@ -207,62 +217,68 @@ def main() -> None:
                 sys.exit(f"{name}: {res['gc_calls_skipped']} gc.collect calls skipped, "
                          f"expected 2 per step")
 
-        print("running rlhf stage=ppo ...", flush=True)
-        ours_dir = work / "ours"
-        # stage.cache=false: time the training, not a reuse of an earlier benchmark's run
-        run([*rlhf, "stage=ppo", "stage.cache=false", f"model.path={policy}",
-             f"stage.reward_model={rm}",
-             f"data.prompts_train={prompts_file}", f"stage.max_steps={total}",
-             f"stage.global_batch_size={BATCH}", f"stage.per_device_batch_size={BATCH}",
-             "stage.num_minibatches=1", f"stage.ppo_epochs={EPOCHS}",
-             f"stage.max_new_tokens={NEW_TOKENS}", "stage.adaptive_kl=false",
-             f"stage.kl_coef={KL_COEF}", "stage.kl_estimator=k1", "stage.temperature=1.0",
-             "stage.top_p=1.0", "stage.critic_init=reward_model", "stage.sample_every=0",
-             "stage.heldout.max_prompts=2", f"hydra.run.dir={ours_dir}"], env,
-            work / "ours.log")
-        history = json.loads((ours_dir / "log_history.json").read_text())
-        if len(history) != total:
-            sys.exit(f"ours: {len(history)} steps logged, {total} expected")
+        histories = {}
+        for name, extra in OURS.items():
+            print(f"running {name} ...", flush=True)
+            ours_dir = work / ("ours_" + extra[0].split("=")[-1])
+            # stage.cache=false: time the training, not a reuse of an earlier benchmark's run
+            run([*rlhf, "stage=ppo", "stage.cache=false", f"model.path={policy}",
+                 f"stage.reward_model={rm}",
+                 f"data.prompts_train={prompts_file}", f"stage.max_steps={total}",
+                 f"stage.global_batch_size={BATCH}", f"stage.per_device_batch_size={BATCH}",
+                 "stage.num_minibatches=1", f"stage.ppo_epochs={EPOCHS}",
+                 f"stage.max_new_tokens={NEW_TOKENS}", "stage.adaptive_kl=false",
+                 f"stage.kl_coef={KL_COEF}", "stage.kl_estimator=k1", "stage.temperature=1.0",
+                 "stage.top_p=1.0", "stage.critic_init=reward_model", "stage.sample_every=0",
+                 "stage.heldout.max_prompts=2", "stage.max_grad_norm=0", *extra, f"hydra.run.dir={ours_dir}"], env,
+                work / f"{ours_dir.name}.log")
+            history = json.loads((ours_dir / "log_history.json").read_text())
+            if len(history) != total:
+                sys.exit(f"{name}: {len(history)} steps logged, {total} expected")
+            histories[name] = history
 
-    report(results, history, args.warmup)
+    report(results, histories, args.warmup)
 
 
-def report(results: dict, history: list[dict], warmup: int) -> None:
+def report(results: dict, histories: dict, warmup: int) -> None:
     """Mean, median and fastest step after the warm-up. On a machine shared with other jobs the
     mean carries their load; the fastest step is the closest to the code's own cost."""
-    total = len(history)
-    timed = history[warmup:]
     keys = ("time/rollout_s", "time/score_s", "time/update_s")
+    equal, total = EQUAL_WORK, len(histories[EQUAL_WORK])
     steps = {name: res["step_s"][warmup:] for name, res in results.items()}
-    steps["rlhf stage=ppo"] = [sum(h[k] for k in keys) for h in timed]
-    ours = steps["rlhf stage=ppo"]
+    for name, history in histories.items():
+        steps[name] = [sum(h[k] for k in keys) for h in history[warmup:]]
     print(f"\nPPO step time, {BATCH} prompts x {NEW_TOKENS} new tokens, {EPOCHS} epochs over one "
           f"minibatch, fixed KL {KL_COEF}, tiny demo Llama, CPU (torch threads: default), "
           f"steps {warmup + 1}-{total} (first {warmup} = warm-up); "
           f"trl {results['TRL 1.12 as shipped']['trl']}")
-    print(f"{'':30}{'mean s':>8}{'median s':>10}{'min s':>8}   ours faster by (mean / median / min)")
+    print(f"{'':44}{'mean s':>8}{'median s':>10}{'min s':>8}   TRL / ours (mean / median / min)")
     for name, times in steps.items():
-        row = f"{name:30}{statistics.mean(times):>8.3f}{statistics.median(times):>10.3f}" \
+        row = f"{name:44}{statistics.mean(times):>8.3f}{statistics.median(times):>10.3f}" \
               f"{min(times):>8.3f}"
-        if name != "rlhf stage=ppo":
-            row += "   " + " / ".join(f"{f(times) / f(ours):.2f}x" for f in
-                                      (statistics.mean, statistics.median, min))
+        for ours in (n for n in histories if name in results):
+            row += f"\n{'':46}over {ours}: " + " / ".join(
+                f"{f(times) / f(steps[ours]):.2f}x" for f in
+                (statistics.mean, statistics.median, min))
         print(row)
     for name, times in steps.items():
         print(f"  {name} per step: {[round(t, 2) for t in times]}")
-    fastest = min(range(len(timed)), key=lambda i: ours[i])
-    print("ours, split (mean): " + ", ".join(
-        f"{k} {statistics.mean(h[k] for h in timed):.3f}" for k in keys)
-        + "; fastest step: " + ", ".join(f"{k} {timed[fastest][k]:.3f}" for k in keys))
-    print(f"ours' mean response length "
-          f"{statistics.mean(h['ppo/response_length'] for h in timed):.1f} tokens; TRL's EOS "
-          f"tokens per step {[int(x) for x in results['TRL 1.12 as shipped']['eos_tokens'][warmup:]]}")
+    for name, history in histories.items():
+        timed = history[warmup:]
+        print(f"{name}, split (mean): " + ", ".join(
+            f"{k} {statistics.mean(h[k] for h in timed):.3f}" for k in keys)
+            + f"; mean response length "
+            f"{statistics.mean(h['ppo/response_length'] for h in timed):.1f} tokens")
+    print(f"TRL's EOS tokens per step "
+          f"{[int(x) for x in results['TRL 1.12 as shipped']['eos_tokens'][warmup:]]}")
     shipped = statistics.median(steps["TRL 1.12 as shipped"])
     no_gc = statistics.median(steps["TRL 1.12 without gc.collect"])
-    mine = statistics.median(ours)
-    print(f"targets (reported, not asserted; medians): >= 3x faster than TRL 1.12 as shipped: "
-          f"{shipped / mine:.2f}x {'met' if shipped / mine >= 3 else 'NOT met'}; faster than "
-          f"TRL 1.12 without gc.collect: {no_gc / mine:.2f}x {'met' if no_gc > mine else 'NOT met'}")
+    mine = statistics.median(steps[equal])
+    print(f"targets, at equal work ({equal}; reported, not asserted; medians): >= 3x faster "
+          f"than TRL 1.12 as shipped: {shipped / mine:.2f}x "
+          f"{'met' if shipped / mine >= 3 else 'NOT met'}; faster than TRL 1.12 without "
+          f"gc.collect: {no_gc / mine:.2f}x {'met' if no_gc > mine else 'NOT met'}")
+
 
 if __name__ == "__main__":
     main()

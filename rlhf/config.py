@@ -155,6 +155,7 @@ class TrainStageConfig:
     # share of the steps spent warming the learning rate up
     warmup_ratio: float = 0.0
     weight_decay: float = 0.0
+    # gradient clipping by global norm; 0: none (as in transformers and DeepSpeed)
     max_grad_norm: float = 1.0
     # -1: run `num_epochs` instead
     max_steps: int = -1
@@ -367,6 +368,11 @@ class PPOStageConfig(TrainStageConfig):
     # under ZeRO-3: gather the actor's weights once per rollout instead of every layer for
     # every new token (docs/ppo.md has both timed)
     gather_for_generation: bool = True
+    # true: the actor's log-probs of the sampled tokens come from generation's own logits
+    # (TRL 1.12's way): one actor forward pass fewer per rollout, but B x T x vocabulary
+    # logits held while generating, and in bf16 the cached and the full forward pass differ a
+    # little. false: a full forward pass recomputes them (OpenRLHF, verl)
+    rollout_logprobs: bool = False
     critic_init: CriticInit = CriticInit.reward_model
     # the reference for the KL: a frozen model (reference_path, default model.path) or the
     # actor with its LoRA adapters off

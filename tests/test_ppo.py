@@ -144,12 +144,35 @@ def test_rollout_generates_answers_that_stop(tiny):
                for q in ("Price of the Orbit Fan?", "Hi, what colour is the Nimbus Camera?")]
     torch.manual_seed(0)
     answers = HFRollout(plain_context(model), tokenizer.pad_token_id, stops, 6, 1.0, 1.0,
-                        batch_size=2).generate(prompts)
+                        batch_size=2).generate(prompts).tokens
     assert len(answers) == 2
     for answer in answers:
         assert 1 <= len(answer) <= 6
         assert all(t not in stops for t in answer[:-1])
         assert answer[-1] in stops or len(answer) == 6
+
+
+def test_rollout_logprobs_match_a_full_forward_pass(tiny):
+    """stage.rollout_logprobs: the log-probs taken from generation's logits (KV cache, left
+    padding, temperature 0.7) are the ones a full forward pass over prompt + answer gives."""
+    from rlhf.models.generation import prompt_token_ids
+    from rlhf.models.rollout import (HFRollout, ResponseBatch, answer_logits, plain_context,
+                                     stop_token_ids, token_logprobs)
+
+    model, tokenizer = tiny
+    stops = stop_token_ids(tokenizer)
+    pad = tokenizer.pad_token_id
+    prompts = [prompt_token_ids(tokenizer, [{"role": "user", "content": q}])
+               for q in ("Price?", "Hi, what colour is the Nimbus Camera? Thanks.", "Ship?")]
+    torch.manual_seed(0)
+    got = HFRollout(plain_context(model), pad, stops, 8, 0.7, 1.0,
+                    batch_size=3).generate(prompts, logprobs=True)
+    assert [len(lp) for lp in got.logprobs] == [len(t) for t in got.tokens]
+    batch = ResponseBatch.build(prompts, got.tokens, pad)
+    with torch.no_grad():
+        full = token_logprobs(answer_logits(model, batch), batch.response_ids, 0.7)
+    for row, logps in enumerate(got.logprobs):
+        assert torch.allclose(torch.tensor(logps), full[row, :len(logps)], atol=1e-4), row
 
 
 # ---------------------------------------------------------------- end to end
@@ -219,6 +242,22 @@ def test_ppo_with_the_demo_reward_model(run_stage, rm_run, tmp_path):
         set(metrics)
     # answers of at most 8 tokens mostly never stop: the penalty shows in the score
     assert metrics["ppo/no_eos_share"] > 0
+
+
+@pytest.mark.parametrize("rollout_logprobs", ["true", "false"])
+def test_first_update_starts_at_the_rollout_policy(run_stage, tmp_path, rollout_logprobs):
+    """One epoch over one minibatch: the update's policy is the rollout's, so the ratio is 1
+    (approximate KL 0, nothing clipped) whether the old log-probs come from generation
+    (stage.rollout_logprobs=true) or from a full forward pass. Misaligned old log-probs (a
+    shifted position, the wrong temperature, padding read as tokens) would show here. Also
+    runs without gradient clipping (stage.max_grad_norm=0)."""
+    metrics = run_stage([*FAST, "stage.global_batch_size=16", "stage.ppo_epochs=1",
+                         f"stage.reward_funcs=[{SHORT}]", "stage.max_steps=1",
+                         "stage.critic_init=policy", "stage.temperature=0.7",
+                         "stage.max_grad_norm=0",
+                         f"stage.rollout_logprobs={rollout_logprobs}"], tmp_path / "run")
+    assert abs(metrics["ppo/approx_kl"]) < 1e-5
+    assert metrics["ppo/clipfrac"] == 0
 
 
 @pytest.mark.distributed

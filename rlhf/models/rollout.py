@@ -2,7 +2,7 @@
 
 The PPO loop sees generation only through the small `Rollout` interface,
 
-    rollout.generate(prompt_ids: list[list[int]]) -> list[list[int]]   # answer tokens
+    rollout.generate(prompt_ids: list[list[int]]) -> Generated   # .tokens: answer tokens
 
 so a vLLM engine (weights pushed after each update) can replace `HFRollout` on GPU clusters
 without touching the loop. `HFRollout` is batched Hugging Face `generate` with the KV cache:
@@ -26,9 +26,17 @@ from typing import Callable, ContextManager, Protocol
 import torch
 
 
+@dataclass
+class Generated:
+    tokens: list[list[int]]  # each prompt's answer, cut after its first stop token
+    # with logprobs=True: log softmax(logits / temperature) of each answer token, from the
+    # logits generation sampled it from
+    logprobs: list[list[float]] | None = None
+
+
 class Rollout(Protocol):
-    def generate(self, prompt_ids: list[list[int]]) -> list[list[int]]:
-        """Answer tokens for each tokenized prompt, cut after the first stop token."""
+    def generate(self, prompt_ids: list[list[int]], logprobs: bool = False) -> Generated:
+        """Answer tokens for each tokenized prompt (and their log-probabilities)."""
 
 
 def stop_token_ids(tokenizer) -> list[int]:
@@ -168,8 +176,8 @@ class HFRollout:
         self.batch_size, self.synced = batch_size, synced
 
     @torch.no_grad()
-    def generate(self, prompt_ids: list[list[int]]) -> list[list[int]]:
-        answers = []
+    def generate(self, prompt_ids: list[list[int]], logprobs: bool = False) -> Generated:
+        answers, answer_logprobs = [], []
         with self.context() as model:
             device = next(model.parameters()).device
             for start in range(0, len(prompt_ids), self.batch_size):
@@ -180,10 +188,18 @@ class HFRollout:
                     max_new_tokens=self.max_new_tokens, do_sample=True,
                     temperature=self.temperature, top_p=self.top_p, top_k=0,
                     eos_token_id=self.stop_ids, pad_token_id=self.pad_id, use_cache=True,
-                    synced_gpus=self.synced)
-                for new in output[:, input_ids.shape[1]:].tolist():  # (B, T_new)
-                    answers.append(cut_after_stop(new, self.stop_ids)[0])
-        return answers
+                    synced_gpus=self.synced, return_dict_in_generate=True,
+                    output_logits=logprobs)
+                new = output.sequences[:, input_ids.shape[1]:]  # (B, T_new)
+                if logprobs:  # the raw logits of each step, before temperature and top-p
+                    logits = torch.stack(output.logits, dim=1).float()  # (B, T_new, V)
+                    token_logps = token_logprobs(logits, new, self.temperature).tolist()
+                for row, tokens in enumerate(new.tolist()):
+                    kept = cut_after_stop(tokens, self.stop_ids)[0]
+                    answers.append(kept)
+                    if logprobs:
+                        answer_logprobs.append(token_logps[row][:len(kept)])
+        return Generated(answers, answer_logprobs if logprobs else None)
 
 
 def plain_context(model) -> Callable[[], ContextManager]:

@@ -61,7 +61,7 @@ class Trainable:
         self.module, self.dist = module, dist
         self.max_grad_norm = max_grad_norm
         self.accumulation = minibatch // (micro_batch * world_size())
-        params = [p for p in module.parameters() if p.requires_grad]
+        self.params = params = [p for p in module.parameters() if p.requires_grad]
         on_gpu = torch.cuda.is_available()
         if uses_deepspeed(dist):
             import deepspeed
@@ -102,12 +102,13 @@ class Trainable:
             (loss / self.accumulation).backward()
 
     def step(self) -> None:
-        """End of a minibatch: clip, optimizer step, scheduler step, zero the gradients."""
+        """End of a minibatch: clip (unless max_grad_norm is 0), optimizer step, scheduler step,
+        zero the gradients."""
         if self.engine is not None:
             self.engine.step()  # a boundary: every minibatch has `accumulation` micro batches
             return
-        torch.nn.utils.clip_grad_norm_(
-            [p for p in self.module.parameters() if p.requires_grad], self.max_grad_norm)
+        if self.max_grad_norm > 0:  # 0: no clipping, as for transformers' Trainer
+            torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)

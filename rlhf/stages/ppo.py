@@ -89,7 +89,8 @@ def run(cfg) -> dict:
         t0 = time.time()
         prompts = prompt_batch(rows, step, stage.global_batch_size, stage.seed)[rank()::world]
         prompt_ids = [prompt_token_ids(tokenizer, r["prompt"]) for r in prompts]
-        response_ids = rollout.generate(prompt_ids)
+        generated = rollout.generate(prompt_ids, logprobs=stage.rollout_logprobs)
+        response_ids = generated.tokens
         batch = ResponseBatch.build(prompt_ids, response_ids, pad, device)
         mask = batch.response_mask  # (B, T)
         stopped = torch.tensor([bool(r) and r[-1] in stops for r in response_ids],
@@ -99,10 +100,15 @@ def run(cfg) -> dict:
         t1 = time.time()
         with torch.no_grad():
             old_logps, ref_logps, old_values = [], [], []
+            if generated.logprobs is not None:  # stage.rollout_logprobs: from generation
+                old_logps.append(torch.tensor(
+                    [lp + [0.0] * (mask.shape[1] - len(lp)) for lp in generated.logprobs],
+                    device=device))
             for i in range(0, local_batch, micro):
                 part = batch.select(slice(i, i + micro))
-                old_logps.append(token_logprobs(answer_logits(actor, part), part.response_ids,
-                                                stage.temperature))
+                if generated.logprobs is None:
+                    old_logps.append(token_logprobs(answer_logits(actor, part),
+                                                    part.response_ids, stage.temperature))
                 with reference_context(actor, reference):
                     ref_model = reference if reference is not None else actor
                     ref_logps.append(token_logprobs(answer_logits(ref_model, part),
