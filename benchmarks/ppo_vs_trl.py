@@ -230,8 +230,8 @@ def main() -> None:
                  f"stage.max_new_tokens={NEW_TOKENS}", "stage.adaptive_kl=false",
                  f"stage.kl_coef={KL_COEF}", "stage.kl_estimator=k1", "stage.temperature=1.0",
                  "stage.top_p=1.0", "stage.critic_init=reward_model", "stage.sample_every=0",
-                 "stage.heldout.max_prompts=2", "stage.max_grad_norm=0", *extra, f"hydra.run.dir={ours_dir}"], env,
-                work / f"{ours_dir.name}.log")
+                 "stage.heldout.max_prompts=2", "stage.max_grad_norm=0", *extra,
+                 f"hydra.run.dir={ours_dir}"], env, work / f"{ours_dir.name}.log")
             history = json.loads((ours_dir / "log_history.json").read_text())
             if len(history) != total:
                 sys.exit(f"{name}: {len(history)} steps logged, {total} expected")
