@@ -105,8 +105,9 @@ class StageRun:
         if is_main_process():
             runs.save_config(cfg, self.out)
         self.tracker = make_tracker(cfg, self.out)
-        # what a later run of the same work reuses (rlhf/stage_cache.py); known before
-        # training, since a run may change nothing it reads, but worked out on rank 0 only
+        # the key under which a later run of the same work reuses this one
+        # (rlhf/stage_cache.py): worked out before training, from the inputs as this run
+        # reads them, on rank 0 only; recorded by finish()
         self.cache_key = stage_cache.key(cfg) if stage_cache.cacheable(cfg) and \
             is_main_process() else None
 
