@@ -129,3 +129,55 @@ def test_lora_sft_saves_merged_model_and_adapter(run_stage, tmp_path):
     assert (run_dir / "model" / "adapter" / "adapter_config.json").exists()
     merged = AutoModelForCausalLM.from_pretrained(run_dir / "model")
     assert not any("lora" in name for name in merged.state_dict())
+
+
+def test_the_lm_head_scores_only_labelled_tokens_with_the_same_loss(sft_run, cache_dir,
+                                                                     monkeypatch):
+    """TRL's fused LM head on CPU scores every position unless rlhf.compat tells it to score
+    only the labelled ones (a quarter of an SFT step on the demo): the stage turns that on,
+    and the loss, log-probs and gradients stay those of scoring every position."""
+    import trl.trainer.utils as trl_utils
+    from transformers import AutoModelForCausalLM
+    from trl.trainer.utils import add_fused_lm_head
+
+    from rlhf.compat import score_only_labelled_tokens_on_cpu
+
+    # the in-process SFT run above went through rlhf.stages.common.train
+    assert getattr(trl_utils._use_triton, "rlhf_compact_on_cpu", False)
+
+    scored_rows = []
+
+    class RowCounter(trl_utils._ChunkedLogProbFunction):
+        @classmethod
+        def apply(cls, hidden, *args):
+            scored_rows.append(hidden.shape[0])
+            return super().apply(hidden, *args)
+
+    monkeypatch.setattr(trl_utils, "_ChunkedLogProbFunction", RowCounter)
+    model = AutoModelForCausalLM.from_pretrained(cache_dir / "demo_tiny")
+    add_fused_lm_head(model, outputs=("log_probs", "entropy", "is_top1"))
+    torch.manual_seed(0)
+    input_ids = torch.randint(5, 200, (3, 12))
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[0, 9:] = 0
+    labels = input_ids.masked_fill(attention_mask == 0, -100)
+    labels[:, :6] = -100  # the prompt
+    labelled = int((labels[:, 1:] != -100).sum())
+
+    def loss_and_grads():
+        model.zero_grad()
+        out = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels,
+                    fused_lm_head=True)
+        out.loss.backward()
+        return out, [p.grad.clone() for p in model.parameters()]
+
+    monkeypatch.setattr(trl_utils, "_use_triton", lambda device: False)  # TRL's CPU way
+    every, every_grads = loss_and_grads()
+    score_only_labelled_tokens_on_cpu()
+    only, only_grads = loss_and_grads()
+    assert scored_rows == [3 * 11, labelled] and labelled < 3 * 11
+    torch.testing.assert_close(only.loss, every.loss)
+    for field in ("log_probs", "entropy", "is_top1"):
+        torch.testing.assert_close(getattr(only, field), getattr(every, field))
+    for a, b in zip(only_grads, every_grads):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)

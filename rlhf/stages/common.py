@@ -160,6 +160,9 @@ def train(trainer, cfg, out: Path):
     stage.resume says so (auto: inside a Slurm job). Checkpoints are marked complete and
     rotated, and a USR2/TERM inside a Slurm job saves, requeues and exits, by
     rlhf.stages.preemption's callback."""
+    from rlhf.compat import score_only_labelled_tokens_on_cpu
+
+    score_only_labelled_tokens_on_cpu()  # TRL's LM head on CPU: a quarter of an SFT step
     trainer.add_callback(preemption.trainer_callback(cfg.stage.keep_checkpoints))
     last = preemption.resume_from(cfg, out / "trainer")
     return trainer.train(resume_from_checkpoint=str(last) if last else None)
