@@ -232,9 +232,12 @@ class HeldOutEvalConfig:
     max_new_tokens: int = 64
     batch_size: int = 50
     greedy: bool = True
-    # also sample one answer per prompt at this temperature (0 = skip); KL to the reference
-    # is estimated on these samples, without bias at temperature 1
+    # also sample answers at this temperature (0 = skip); KL to the reference is estimated on
+    # these samples, without bias at temperature 1
     sample_temperature: float = 1.0
+    # sampled answers per prompt: the sampled figures are means over all of them, so one
+    # run's figure varies less (samples.jsonl keeps each draw: sampled, sampled_2, ...)
+    samples_per_prompt: int = 1
     # answers printed and logged as a table
     num_examples: int = 5
     # a reward model (stage=rm run dir or checkpoint): its mean score on the answers
@@ -285,6 +288,10 @@ class DPOStageConfig(OfflineStageConfig):
     # > 0 adds the chosen answer's NLL with this weight (RPO, Pang et al. 2024,
     # arXiv 2404.19733), so the loss cannot lower the chosen answers' likelihood with it
     sft_weight: float = 0.0
+    # LD-DPO (Liu et al. 2024, arXiv 2409.06411): the log-probs of the tokens by which the
+    # longer answer of a pair outruns the shorter one count with this weight (0..1), so the
+    # loss cannot favour an answer for its length alone; null: plain sums (DPO)
+    ld_alpha: Optional[float] = None
     reference: DPOReference = DPOReference.model
     # the reference model for reference=model/precomputed; null: model.path. Also the
     # default reference of the held-out KL
@@ -775,6 +782,13 @@ def validate_dpo(stage: Any, model: Any) -> None:
     if stage.loss_type == "exo_pair" and not 0 < stage.label_smoothing < 1:
         raise ConfigError(f"stage.label_smoothing={stage.label_smoothing}: exo_pair takes "
                           "log(label_smoothing), infinite at 0; use a value in (0, 1), e.g. 1e-3")
+    if stage.ld_alpha is not None and not 0 <= stage.ld_alpha <= 1:
+        raise ConfigError(f"stage.ld_alpha={stage.ld_alpha} weighs the tokens by which the longer "
+                          "answer of a pair outruns the shorter; use a value in [0, 1] (1 = DPO), "
+                          "or null")
+    if stage.ld_alpha is not None and stage.loss_type in REFERENCE_FREE_LOSSES:
+        raise ConfigError(f"stage.ld_alpha is read by TRL's DPOTrainer only; "
+                          f"loss_type={stage.loss_type} runs on another trainer, so drop it")
 
 
 def validate_online_rl(stage: Any) -> None:
@@ -893,6 +907,13 @@ def validate_eval_models(stage: Any) -> None:
 
 def validate_heldout(settings: Any, prefix: str) -> None:
     """A HeldOutEvalConfig: stage=eval's own fields, or stage.heldout of dpo/grpo/rloo."""
+    if settings.samples_per_prompt < 1:
+        raise ConfigError(f"{prefix}.samples_per_prompt={settings.samples_per_prompt}: sample at "
+                          "least 1 answer per prompt (or set sample_temperature=0 to sample none)")
+    if settings.samples_per_prompt > 1 and getattr(settings, "models", None):
+        raise ConfigError(f"{prefix}.samples_per_prompt={settings.samples_per_prompt} is for one "
+                          "model; stage.models compares one sampled answer per prompt and model "
+                          "(win rates pair them), so set it to 1")
     if not settings.greedy and settings.sample_temperature <= 0:
         raise ConfigError(f"{prefix}.greedy=false and {prefix}.sample_temperature="
                           f"{settings.sample_temperature} answer nothing; set {prefix}.greedy=true "

@@ -335,6 +335,9 @@ def test_every_stage_field_is_read_by_the_stage(schema):
     (["stage=dpo", "stage.loss_type=sft", "stage.sft_weight=1"], "loss_type=sft has none"),
     (["stage=dpo", "stage.data_format=pairs", "stage.pairs=best"],
      "stage.pairs=best chooses among a ranking's pairs"),
+    (["stage=dpo", "stage.ld_alpha=1.5"], "stage.ld_alpha=1.5 weighs the tokens"),
+    (["stage=dpo", "stage.loss_type=simpo", "stage.ld_alpha=0.5"],
+     "stage.ld_alpha is read by TRL's DPOTrainer only; loss_type=simpo"),
     # online RL
     (["stage=grpo", REWARD, "stage.num_generations=1"], "sample at least 2 per prompt"),
     (["stage=rloo", REWARD, "stage.num_generations=6"],
@@ -348,6 +351,10 @@ def test_every_stage_field_is_read_by_the_stage(schema):
      "stage.reference_path is set, but the KL to it is estimated on sampled answers"),
     (["stage=dpo", "stage.heldout.reference_path=/models/sft",
       "stage.heldout.sample_temperature=0"], "stage.heldout.reference_path is set"),
+    (["stage=dpo", "stage.heldout.samples_per_prompt=0"],
+     "stage.heldout.samples_per_prompt=0: sample at least 1"),
+    (["stage=eval", "stage.models={a: x, b: y}", "stage.baseline=a",
+      "stage.samples_per_prompt=4"], "stage.samples_per_prompt=4 is for one model"),
     (["stage=rm", "stage.reward_stats_rows=0"], "stage.reward_stats_rows=0"),
 ])
 def test_cross_field_error_is_one_line_naming_the_field(overrides, message):
@@ -367,6 +374,8 @@ def test_cross_field_error_is_one_line_naming_the_field(overrides, message):
     ["stage=dpo", "stage.reference=precomputed", "stage.reference_path=/models/sft"],
     ["stage=dpo", "model.lora.enabled=true", "stage.reference=lora_base"],
     ["stage=dpo", "stage.sft_weight=1.0"],  # RPO: sigmoid + the chosen answer's NLL
+    ["stage=dpo", "stage.ld_alpha=0.0"],  # LD-DPO, length tails not counted
+    ["stage=eval", "stage.samples_per_prompt=4"],
     ["stage=grpo", REWARD, "stage.beta=0"],
     ["stage=eval", "stage.greedy=false"],
 ])

@@ -59,6 +59,20 @@ def test_rpo_adds_the_chosen_answers_nll(run_stage, tmp_path):
     assert first > math.log(2) + 1.0, first
 
 
+def test_ld_dpo_leaves_out_the_longer_answers_tail(run_stage, tmp_path):
+    """stage.ld_alpha=0 (LD-DPO): a pair's log-probs are summed over the shorter answer's
+    length only. At the first step (policy = the start model, the same batch) the logged
+    log-probs are therefore higher (fewer negative terms) than DPO's full sums."""
+    def first_logps(extra, name):
+        run_dir, _ = _run(run_stage, tmp_path / name, ["stage.max_steps=1", *extra])
+        log = next(h for h in json.loads((run_dir / "log_history.json").read_text())
+                   if "logps/chosen" in h)
+        return log["logps/chosen"] + log["logps/rejected"]
+
+    full, shared = first_logps([], "dpo"), first_logps(["stage.ld_alpha=0.0"], "ld")
+    assert shared > full + 1.0, (shared, full)
+
+
 def test_reference_free_simpo(run_stage, cache_dir, tmp_path):
     run_dir, metrics = _run(run_stage, tmp_path, ["stage.loss_type=simpo", "stage.beta=2.0"])
     assert SHARED_NAMES <= set(metrics) and math.isfinite(metrics["train/loss"])

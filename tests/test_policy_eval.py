@@ -64,3 +64,31 @@ def test_reward_functions_by_target():
     assert func([{"role": "assistant", "content": "x"}]) == "x"  # a plain function, as is
     with pytest.raises(ConfigError, match="f needs `_target_"):
         build_reward_func({"weight": 1}, "f")
+
+
+def test_several_samples_per_prompt_are_kept_and_averaged(run_stage, cache_dir, tmp_path):
+    """stage.samples_per_prompt=3: every draw is in samples.jsonl, and the sampled figures
+    are the means over all of them (the greedy figures over one answer per prompt)."""
+    from statistics import mean
+
+    run_dir = tmp_path / "eval"
+    metrics = run_stage(["stage=eval", f"model.path={cache_dir / 'demo_tiny'}",
+                         "stage.samples_per_prompt=3", "stage.max_prompts=8",
+                         f"stage.reference_path={cache_dir / 'demo_tiny'}"], run_dir)
+    rows = [json.loads(line) for line in open(run_dir / "samples.jsonl")]
+    draws = ["sampled", "sampled_2", "sampled_3"]
+    assert len(rows) == 8 and all(set(r["answers"]) == {"greedy", *draws} for r in rows)
+    # the draws are different samples, not one answer copied
+    assert len({r["answers"][d] for r in rows for d in draws}) > 8
+    for key in ("total", "fact", "polite"):
+        name = "eval/oracle_sampled" if key == "total" else f"eval/oracle_{key}_sampled"
+        assert metrics[name] == pytest.approx(mean(r["scores"][d][key] for r in rows
+                                                   for d in draws))
+    # answer lengths vary even where the untrained model's oracle scores do not
+    assert metrics["eval/answer_words_sampled"] == pytest.approx(
+        mean(len(r["answers"][d].split()) for r in rows for d in draws))
+    assert metrics["eval/oracle_greedy"] == pytest.approx(mean(r["scores"]["greedy"]["total"]
+                                                               for r in rows))
+    assert metrics["eval/samples_per_prompt"] == 3
+    assert metrics["eval/kl_to_reference"] == pytest.approx(0.0, abs=1e-6)  # policy = reference
+

@@ -4,6 +4,7 @@ the reference-free SimPO and ORPO).
     rlhf stage=dpo model.path=outputs/demo/<run>/sft                 # demo rankings -> pairs
     rlhf stage=dpo stage.loss_type=ipo stage.beta=0.5
     rlhf stage=dpo stage.loss_type=simpo stage.beta=2.0              # no reference model
+    rlhf stage=dpo stage.ld_alpha=0 stage.pairs=best                 # LD-DPO on best-vs-rest
     rlhf stage=dpo model.lora.enabled=true stage.reference=lora_base  # adapters off = reference
     rlhf stage=dpo data=custom stage.data_format=pairs data.pairs_train=pairs.jsonl
 
@@ -84,7 +85,7 @@ def make_trainer(cfg, out, model, tokenizer, train_ds, eval_ds, callbacks):
     # TRL sums the listed losses with their weights; "sft" is the NLL of the chosen answer
     losses = [stage.loss_type] + (["sft"] if stage.sft_weight > 0 else [])
     args = DPOConfig(**common, loss_type=losses, loss_weights=[1.0, stage.sft_weight][:len(losses)],
-                     label_smoothing=stage.label_smoothing,
+                     label_smoothing=stage.label_smoothing, ld_alpha=stage.ld_alpha,
                      precompute_ref_log_probs=stage.reference == DPOReference.precomputed)
     return DPOTrainer(model=model, ref_model=ref_model, args=args, **data)
 

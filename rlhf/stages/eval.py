@@ -64,9 +64,8 @@ def reward_model_scores(scorer: tuple, rows: list[dict], answers: list[str], mod
     return {f"eval/reward_model_{mode}": mean(scores)}
 
 
-def kl_to_reference(cfg, path: str, policy, answers, batch_size: int, pad: int) -> dict:
+def kl_to_reference(reference, policy, answers, batch_size: int, pad: int) -> dict:
     """KL(policy || reference) on the policy's own samples (rlhf/algorithms/kl.py)."""
-    reference = load_causal_lm(cfg.model, path).to(policy.device)
     policy_logps, mask = answer_logprobs(policy, answers.prompt_ids, answers.answer_ids,
                                          batch_size, pad)
     ref_logps, _ = answer_logprobs(reference, answers.prompt_ids, answers.answer_ids,
@@ -92,6 +91,9 @@ def evaluate_policy(cfg, settings, model_path: str, stage_run: StageRun,
         from rlhf.models import reward
         rm, rm_tokenizer = reward.load(reward_model)
         scorer = (rm.to(default_device()), rm_tokenizer)
+    reference = None  # the model of the KL, loaded once for all draws
+    if reference_path and settings.sample_temperature > 0:
+        reference = load_causal_lm(cfg.model, reference_path).to(model.device)
 
     modes = {"greedy": 0.0} if settings.greedy else {}
     if settings.sample_temperature > 0:
@@ -99,19 +101,15 @@ def evaluate_policy(cfg, settings, model_path: str, stage_run: StageRun,
     metrics = {"eval/num_prompts": len(rows)}
     torch.manual_seed(settings.seed)
     for mode, temperature in modes.items():
-        answers = generate(model, tokenizer, [r["prompt"] for r in rows],
-                           settings.max_new_tokens, settings.batch_size, temperature)
-        for row, answer in zip(rows, answers.texts):
-            row.setdefault("answers", {})[mode] = answer
-        metrics[f"eval/answer_words_{mode}"] = mean(len(a.split()) for a in answers.texts)
-        if oracle is not None:
-            metrics.update(score_answers(oracle, rows, answers.texts, mode))
-        if scorer:
-            metrics.update(reward_model_scores(scorer, rows, answers.texts, mode,
-                                               settings.batch_size))
-        if reference_path and mode == "sampled":
-            metrics.update(kl_to_reference(cfg, reference_path, model, answers,
-                                           settings.batch_size, tokenizer.pad_token_id))
+        draws = settings.samples_per_prompt if mode == "sampled" else 1
+        per_draw = [answer_and_score(settings, model, tokenizer, rows, mode, draw,
+                                     temperature, oracle, scorer, reference)
+                    for draw in range(draws)]
+        # every draw answers every prompt once, so the mean of the draws' means is the mean
+        # over all answers (the per-token KL: the mean of the draws')
+        metrics.update({key: mean(d[key] for d in per_draw) for key in per_draw[0]})
+        if draws > 1:
+            metrics["eval/samples_per_prompt"] = draws
 
     if is_main_process():
         with open(out / "samples.jsonl", "w", encoding="utf-8") as f:
@@ -120,6 +118,32 @@ def evaluate_policy(cfg, settings, model_path: str, stage_run: StageRun,
     show_examples(rows[:settings.num_examples], stage_run.tracker)
     stage_run.tracker.log(metrics)
     return metrics
+
+
+def draw_name(mode: str, draw: int) -> str:
+    """samples.jsonl's name of one draw: sampled, sampled_2, sampled_3, ..."""
+    return mode if draw == 0 else f"{mode}_{draw + 1}"
+
+
+def answer_and_score(settings, model, tokenizer, rows: list[dict], mode: str, draw: int,
+                     temperature: float, oracle, scorer, reference) -> dict:
+    """One answer per prompt, kept in each row under draw_name(mode, draw), and its metrics
+    (named for `mode`, so that draws can be averaged)."""
+    name = draw_name(mode, draw)
+    answers = generate(model, tokenizer, [r["prompt"] for r in rows],
+                       settings.max_new_tokens, settings.batch_size, temperature)
+    for row, answer in zip(rows, answers.texts):
+        row.setdefault("answers", {})[name] = answer
+    metrics = {f"eval/answer_words_{name}": mean(len(a.split()) for a in answers.texts)}
+    if oracle is not None:
+        metrics.update(score_answers(oracle, rows, answers.texts, name))
+    if scorer:
+        metrics.update(reward_model_scores(scorer, rows, answers.texts, name,
+                                           settings.batch_size))
+    if reference is not None and temperature > 0:
+        metrics.update(kl_to_reference(reference, model, answers,
+                                       settings.batch_size, tokenizer.pad_token_id))
+    return {key.replace(name, mode): value for key, value in metrics.items()}
 
 
 def evaluate_trained_policy(cfg, stage_run: StageRun, reward_model: str | None,
@@ -159,6 +183,8 @@ def show_examples(rows: list[dict], tracker) -> None:
     for row in rows:
         question = row["prompt"][-1]["content"]
         for mode, answer in row.get("answers", {}).items():
+            if mode not in ("greedy", "sampled"):  # further draws: in samples.jsonl only
+                continue
             score = row.get("scores", {}).get(mode, {}).get("total")
             table.append([question, mode, answer, score])
             print(f"Q: {question}\n  [{mode}{'' if score is None else f' {score:.2f}'}] {answer}")
