@@ -39,6 +39,15 @@ class Precision(str, Enum):
     fp16 = "fp16"
 
 
+class TrainSampling(str, Enum):
+    """How the offline stages draw their micro-batches (transformers' train_sampling_strategy)."""
+    random = "random"  # shuffled, micro-batches in draw order
+    # the same shuffled examples per optimizer step, split by length into micro-batches of
+    # balanced cost (transformers' BatchRebalanceSampler): less padding once there is
+    # gradient accumulation or more than one rank
+    batch_rebalance = "batch_rebalance"
+
+
 class Backend(str, Enum):
     none = "none"  # one process
     ddp = "ddp"  # torch DistributedDataParallel
@@ -201,6 +210,11 @@ class SFTStageConfig(OfflineStageConfig):
     packing: bool = False
     # flatten the batch into one row without padding (needs flash attention on GPU)
     padding_free: bool = False
+    # random, or batch_rebalance: each optimizer step's examples sorted by length into
+    # micro-batches of balanced cost (and sizes), so they carry less padding; needs
+    # global_batch_size > per_device_batch_size x ranks. SFT only: its loss is a mean over
+    # the whole step's tokens; the preference losses average each micro-batch's rows
+    train_sampling: TrainSampling = TrainSampling.random
 
 
 @dataclass
@@ -708,6 +722,17 @@ def validate_training(stage: Any, world: int) -> None:
     if getattr(stage, "padding_free", False) and not stage.packing:
         raise ConfigError("stage.padding_free=true does not truncate rows to stage.max_length "
                           "by itself; also set stage.packing=true")
+    if getattr(stage, "train_sampling", None) == TrainSampling.batch_rebalance:
+        if stage.packing:
+            raise ConfigError("stage.train_sampling=batch_rebalance sorts rows by length, but "
+                              "stage.packing=true makes every row stage.max_length long; use "
+                              "one of the two")
+        if stage.global_batch_size == per_step:
+            raise ConfigError(f"stage.train_sampling=batch_rebalance splits each step's "
+                              f"{stage.global_batch_size} rows into micro-batches, but "
+                              f"stage.per_device_batch_size={stage.per_device_batch_size} x "
+                              f"{world} rank(s) takes them all at once; lower "
+                              "stage.per_device_batch_size (e.g. to half)")
     if stage.max_steps == 0:
         raise ConfigError("stage.max_steps=0 trains nothing; use -1 (epochs) or a positive count")
     if not isinstance(stage.resume, bool) and str(stage.resume).lower() not in ("auto", "true",

@@ -335,6 +335,10 @@ def test_every_stage_field_is_read_by_the_stage(schema):
     (["stage=dpo", "stage.loss_type=sft", "stage.sft_weight=1"], "loss_type=sft has none"),
     (["stage=dpo", "stage.data_format=pairs", "stage.pairs=best"],
      "stage.pairs=best chooses among a ranking's pairs"),
+    (["stage=sft", "stage.train_sampling=batch_rebalance", "stage.packing=true"],
+     "stage.packing=true makes every row stage.max_length long"),
+    (["stage=sft", "stage.train_sampling=batch_rebalance", "stage.global_batch_size=8",
+      "stage.per_device_batch_size=8"], "takes them all at once; lower"),
     (["stage=dpo", "stage.ld_alpha=1.5"], "stage.ld_alpha=1.5 weighs the tokens"),
     (["stage=dpo", "stage.loss_type=simpo", "stage.ld_alpha=0.5"],
      "stage.ld_alpha is read by TRL's DPOTrainer only; loss_type=simpo"),
@@ -374,6 +378,7 @@ def test_cross_field_error_is_one_line_naming_the_field(overrides, message):
     ["stage=dpo", "stage.reference=precomputed", "stage.reference_path=/models/sft"],
     ["stage=dpo", "model.lora.enabled=true", "stage.reference=lora_base"],
     ["stage=dpo", "stage.sft_weight=1.0"],  # RPO: sigmoid + the chosen answer's NLL
+    ["stage=sft", "stage.train_sampling=batch_rebalance"],  # 32 rows, micro-batches of 8
     ["stage=dpo", "stage.ld_alpha=0.0"],  # LD-DPO, length tails not counted
     ["stage=eval", "stage.samples_per_prompt=4"],
     ["stage=grpo", REWARD, "stage.beta=0"],

@@ -181,3 +181,33 @@ def test_the_lm_head_scores_only_labelled_tokens_with_the_same_loss(sft_run, cac
         torch.testing.assert_close(getattr(only, field), getattr(every, field))
     for a, b in zip(only_grads, every_grads):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_batch_rebalance_sorts_each_steps_rows_into_micro_batches(run_stage, tmp_path,
+                                                                  monkeypatch):
+    """stage.train_sampling=batch_rebalance (transformers' BatchRebalanceSampler): each
+    optimizer step still takes global_batch_size rows, and its micro-batches are contiguous
+    slices of those rows sorted by length (no two overlap in length), so each carries little
+    padding. Random micro-batches of varied conversations overlap almost surely."""
+    from transformers import Trainer
+
+    seen = []  # (step, rows, shortest, longest) of every micro-batch the trainer computed
+    original = Trainer.training_step
+
+    def recording(self, model, inputs, *args, **kwargs):
+        lengths = inputs["attention_mask"].sum(-1).tolist()
+        seen.append((self.state.global_step, len(lengths), min(lengths), max(lengths)))
+        return original(self, model, inputs, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "training_step", recording)
+    run_stage(["stage=sft", "stage.train_sampling=batch_rebalance", "stage.max_steps=3",
+               "stage.global_batch_size=16", "stage.per_device_batch_size=4",
+               "stage.max_length=128", "stage.logging_steps=1"], tmp_path / "run")
+    steps = sorted({s for s, *_ in seen})
+    assert len(steps) == 3
+    for step in steps:
+        micro = [m for m in seen if m[0] == step]
+        assert sum(rows for _, rows, _, _ in micro) == 16 and len(micro) == 4
+        for _, _, low_a, high_a in micro:
+            for _, _, low_b, high_b in micro:
+                assert high_a <= low_b or high_b <= low_a or (low_a, high_a) == (low_b, high_b)

@@ -69,7 +69,8 @@ def run(cfg) -> dict:
 
     args = SFTConfig(**training_arguments(cfg, out), max_length=stage.max_length,
                      assistant_only_loss=stage.assistant_only_loss, packing=stage.packing,
-                     padding_free=stage.padding_free, dataset_num_proc=cfg.data.num_proc)
+                     padding_free=stage.padding_free, dataset_num_proc=cfg.data.num_proc,
+                     train_sampling_strategy=stage.train_sampling.value)
     memory = StateMemoryCallback()
     trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
                          processing_class=tokenizer, peft_config=peft_config(cfg.model),
