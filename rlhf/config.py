@@ -40,7 +40,7 @@ class Precision(str, Enum):
 
 
 class TrainSampling(str, Enum):
-    """How the offline stages draw their micro-batches (transformers' train_sampling_strategy)."""
+    """How stage=sft draws its micro-batches (transformers' train_sampling_strategy)."""
     random = "random"  # shuffled, micro-batches in draw order
     # the same shuffled examples per optimizer step, split by length into micro-batches of
     # balanced cost (transformers' BatchRebalanceSampler): less padding once there is

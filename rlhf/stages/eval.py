@@ -3,12 +3,14 @@
     rlhf stage=eval model.path=outputs/demo/<run>/sft                    # a run dir or checkpoint
     rlhf stage=eval model.path=<dpo run> stage.reward_model=<rm run> stage.reference_path=<sft run>
 
-Greedy and sampled answers (greedy scores swing between seeds). On the demo the oracle scores
-each answer (fact, politeness, relevance; docs/demo.md). With `reward_model`, the mean
-reward-model score is reported beside the oracle's, so reward hacking shows; with
-`reference_path`, the KL from the reference to the policy on the sampled answers. dpo, grpo and
-rloo end with the same evaluation (their `stage.heldout`). Writes `samples.jsonl` (every prompt
-with its answers and scores) and `metrics.json` (`eval/oracle_greedy`, `eval/kl_to_reference`...).
+Greedy and sampled answers (`stage.samples_per_prompt` draws several sampled answers per
+prompt and averages the sampled figures over all of them; one draw moves with the seed). On
+the demo the oracle scores each answer (fact, politeness, relevance; docs/demo.md). With
+`reward_model`, the mean reward-model score is reported beside the oracle's, so reward hacking
+shows; with `reference_path`, the KL from the reference to the policy on the sampled answers.
+dpo, grpo, rloo and ppo end with the same evaluation (their `stage.heldout`). Writes
+`samples.jsonl` (every prompt with its answers and scores) and `metrics.json`
+(`eval/oracle_greedy`, `eval/kl_to_reference`...).
 
 With `stage.models={name: run, ...}` and `stage.baseline`, several models are evaluated side by
 side instead: perplexity, BLEU/chrF/ROUGE-L against reference answers, win rate against the

@@ -33,8 +33,9 @@ from rlhf.stages.common import StageRun
 KEY_HYPERPARAMETERS = (
     "learning_rate", "lr_scheduler", "warmup_ratio", "num_epochs", "max_steps",
     "global_batch_size", "max_length", "seed", "assistant_only_loss", "packing", "objective",
-    "data_format", "pairs", "loss_type", "beta", "sft_weight", "reference", "num_generations",
-    "temperature", "max_new_tokens", "kl_coef", "ppo_epochs", "reward_model")
+    "train_sampling", "data_format", "pairs", "loss_type", "beta", "sft_weight", "ld_alpha",
+    "reference", "num_generations", "temperature", "max_new_tokens", "kl_coef", "ppo_epochs",
+    "reward_model")
 # which data.* files each stage reads (rm/dpo: by stage.data_format)
 STAGE_DATA = {"sft": ("sft_train", "sft_eval"), "eval": ("eval_prompts",),
               "grpo": ("prompts_train", "eval_prompts"), "rloo": ("prompts_train", "eval_prompts"),
