@@ -68,12 +68,15 @@ def test_demo_end_to_end(run_cli, tmp_path):
     report = result.output.split("=== quality floors")[1]
     assert report.count("met   ") + report.count("MISSED") == 6
     # PPO optimises the reward model's score; the oracle says whether that helped (1.13x
-    # sampled measured; greedy fact 0.77 against SFT's 0.81, within its 0.765-0.845
-    # spread) or was reward hacking
+    # sampled measured) or was reward hacking. Its facts: over 800 sampled answers 0.646
+    # against SFT's 0.564; greedy, over 200 answers, 0.77 against 0.81, and 0.765-0.845 over
+    # reward models (PPO minus SFT: -0.05 to +0.03), so the greedy bound only catches a
+    # collapse and the sampled one carries the check
     assert ppo["eval/num_prompts"] == 200 and ppo["eval/kl_to_reference"] > 0
     assert ppo["eval/reward_model_sampled"] > sft["eval/reward_model_sampled"]
     assert ppo["eval/oracle_sampled"] >= 1.05 * sft["eval/oracle_sampled"]
-    assert ppo["eval/oracle_fact_greedy"] >= sft["eval/oracle_fact_greedy"] - 0.06
+    assert ppo["eval/oracle_fact_sampled"] >= sft["eval/oracle_fact_sampled"]
+    assert ppo["eval/oracle_fact_greedy"] >= sft["eval/oracle_fact_greedy"] - 0.1
     # the four models side by side, SFT the baseline, and the table under the summary
     final = summary["final_eval"]
     for name in ("untrained", "dpo", "ppo"):
