@@ -42,9 +42,9 @@ class Precision(str, Enum):
 class TrainSampling(str, Enum):
     """How stage=sft draws its micro-batches (transformers' train_sampling_strategy)."""
     random = "random"  # shuffled, micro-batches in draw order
-    # the same shuffled examples per optimizer step, split by length into micro-batches of
-    # balanced cost (transformers' BatchRebalanceSampler): less padding once there is
-    # gradient accumulation or more than one rank
+    # each optimizer step's shuffled examples split by length into micro-batches of balanced
+    # cost (transformers' BatchRebalanceSampler): less padding once there is gradient
+    # accumulation or more than one rank
     batch_rebalance = "batch_rebalance"
 
 
@@ -931,7 +931,7 @@ def validate_eval_models(stage: Any) -> None:
 
 
 def validate_heldout(settings: Any, prefix: str) -> None:
-    """A HeldOutEvalConfig: stage=eval's own fields, or stage.heldout of dpo/grpo/rloo."""
+    """A HeldOutEvalConfig: stage=eval's own fields, or stage.heldout of dpo/grpo/rloo/ppo."""
     if settings.samples_per_prompt < 1:
         raise ConfigError(f"{prefix}.samples_per_prompt={settings.samples_per_prompt}: sample at "
                           "least 1 answer per prompt (or set sample_temperature=0 to sample none)")
