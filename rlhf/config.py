@@ -207,8 +207,10 @@ class SFTStageConfig(OfflineStageConfig):
     warmup_ratio: float = 0.03
     # loss on assistant tokens only (needs {% generation %} in the chat template)
     assistant_only_loss: bool = True
+    # pack conversations into rows of max_length (TRL's bfd: each micro-batch becomes one
+    # padding-free row; fast only with flash attention, docs/notes.md "On a GPU")
     packing: bool = False
-    # flatten the batch into one row without padding (needs flash attention on GPU)
+    # flatten the batch into one row without padding (needs flash attention to pay off)
     padding_free: bool = False
     # random, or batch_rebalance: each optimizer step's examples sorted by length into
     # micro-batches of balanced cost (and sizes), so they carry less padding; needs

@@ -3,6 +3,7 @@
 rlhf_run_dir/
   model/          Hugging Face checkpoint (safetensors + tokenizer with chat template)
   metrics.json    final metrics, flat `{"eval/loss": 1.23, ...}`
+  environment.json  where it ran: cpu or cuda (and which GPU), ranks, precision, library versions
   config.yaml     the resolved config (secrets redacted)
   .hydra/         Hydra's record of the run (config, hydra.yaml, overrides), secrets redacted
 """
@@ -38,6 +39,36 @@ def resolved_config(cfg) -> dict:
 
 def save_config(cfg, out: Path) -> None:
     atomic_write_text(out / "config.yaml", OmegaConf.to_yaml(resolved_config(cfg)))
+
+
+def environment(cfg) -> dict:
+    """Where a run ran, for comparing runs later: the device (and which GPU), the number of
+    ranks, the precision and the versions of the libraries that did the work."""
+    import importlib.metadata
+    import platform
+
+    import torch
+
+    from rlhf.distributed import world_size
+
+    on_gpu = torch.cuda.is_available()
+    versions = {}
+    for name in ("torch", "transformers", "trl", "deepspeed", "peft", "datasets", "accelerate"):
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    return {"device": "cuda" if on_gpu else "cpu",
+            "device_name": torch.cuda.get_device_name() if on_gpu else platform.processor(),
+            "cuda": torch.version.cuda if on_gpu else None,
+            "world_size": world_size(),
+            "distributed": cfg.distributed.name,
+            "precision": getattr(cfg.distributed.precision, "value", cfg.distributed.precision),
+            "python": platform.python_version(), "versions": versions}
+
+
+def save_environment(cfg, out: Path) -> None:
+    atomic_write_text(out / "environment.json", json.dumps(environment(cfg), indent=2) + "\n")
 
 
 def sweep_dir(out: Path) -> Path | None:

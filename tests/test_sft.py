@@ -65,6 +65,18 @@ def test_parameters_changed_and_checkpoint_reloads_and_generates(sft_run, cache_
     assert out.shape[1] > prompt["input_ids"].shape[1]
 
 
+def test_run_dir_records_where_it_ran(sft_run):
+    run_dir, _ = sft_run
+    env = json.loads((run_dir / "environment.json").read_text())
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert (env["device"], env["world_size"], env["precision"]) == (expected, 1, "fp32")
+    assert env["versions"]["torch"] == torch.__version__.split("+")[0] or \
+        env["versions"]["torch"] == torch.__version__
+    assert env["versions"]["trl"] and env["versions"]["transformers"]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert ("memory/peak_gpu_bytes" in metrics) == torch.cuda.is_available()
+
+
 def test_run_dir_has_resolved_config(sft_run):
     run_dir, _ = sft_run
     cfg = OmegaConf.load(run_dir / "config.yaml")
@@ -211,3 +223,32 @@ def test_batch_rebalance_sorts_each_steps_rows_into_micro_batches(run_stage, tmp
         for _, _, low_a, high_a in micro:
             for _, _, low_b, high_b in micro:
                 assert high_a <= low_b or high_b <= low_a or (low_a, high_a) == (low_b, high_b)
+
+
+def test_padding_free_note_names_the_slow_attention():
+    from types import SimpleNamespace
+
+    from rlhf.stages.sft import padding_free_note
+
+    stage = SimpleNamespace(packing=True, padding_free=False, per_device_batch_size=8)
+    assert "model.attn_implementation=sdpa" in padding_free_note(stage, "sdpa")
+    assert padding_free_note(stage, "flash_attention_2") is None
+    assert padding_free_note(SimpleNamespace(packing=False, padding_free=False), "sdpa") is None
+
+
+def test_flattened_rows_stay_apart_only_without_the_kv_cache(cache_dir):
+    """The transformers 5.23 fact that padding-free SFT relies on (docs/notes.md, "On a GPU"):
+    a row flattened from several examples, position ids restarting at each, gives each
+    example's own logits under sdpa only when the forward pass builds no cache (TRL's SFT
+    loss passes use_cache=False); with the cache the examples attend to each other."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(cache_dir / "demo_tiny").eval()
+    rows = torch.randint(5, 700, (3, 12), generator=torch.Generator().manual_seed(0))
+    flat, positions = rows.reshape(1, -1), torch.arange(12).repeat(3).unsqueeze(0)
+    with torch.no_grad():
+        apart = model(input_ids=rows, use_cache=False).logits.reshape(1, 36, -1)
+        no_cache = model(input_ids=flat, position_ids=positions, use_cache=False).logits
+        cached = model(input_ids=flat, position_ids=positions, use_cache=True).logits
+    assert torch.allclose(apart, no_cache, atol=1e-5)
+    assert not torch.allclose(apart[:, 12:], cached[:, 12:], atol=1e-3)

@@ -104,6 +104,7 @@ class StageRun:
         self.started = time.time()
         if is_main_process():
             runs.save_config(cfg, self.out)
+            runs.save_environment(cfg, self.out)
         self.tracker = make_tracker(cfg, self.out)
         # the key under which a later run of the same work reuses this one
         # (rlhf/stage_cache.py): worked out before training, from the inputs as this run
@@ -112,7 +113,8 @@ class StageRun:
             is_main_process() else None
 
     def finish(self, metrics: dict) -> dict:
-        metrics = {**metrics, "runtime_s": round(time.time() - self.started, 2)}
+        metrics = {**metrics, "runtime_s": round(time.time() - self.started, 2),
+                   **peak_gpu_memory()}
         if is_main_process():
             runs.write_metrics(self.out, metrics)
             if (self.out / "trainer").is_dir():  # checkpoints: safetensors writes 0600 too
@@ -121,6 +123,15 @@ class StageRun:
                 stage_cache.record(self.cfg, self.out, self.cache_key)
         self.tracker.finish(summary=metrics)
         return metrics
+
+
+def peak_gpu_memory() -> dict:
+    """This rank's peak of allocated GPU memory over the whole stage (nothing on CPU)."""
+    import torch
+
+    if not torch.cuda.is_available() or not torch.cuda.is_initialized():
+        return {}
+    return {"memory/peak_gpu_bytes": torch.cuda.max_memory_allocated()}
 
 
 def train_summary(trainer, result) -> dict:

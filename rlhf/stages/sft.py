@@ -15,6 +15,7 @@ import math
 
 from rlhf.compat import full_numel
 from rlhf.data.loading import load_conversations, require
+from rlhf.distributed import is_main_process
 from rlhf.models.loading import (load_causal_lm, load_tokenizer, peft_config,
                                  resolve_model_path)
 from rlhf.stages.common import (StageRun, save_final_model, train, train_summary,
@@ -50,6 +51,23 @@ def summary_eval_metrics(logged: dict) -> dict:
     return {k: v for k, v in logged.items() if k not in RANK_DEPENDENT_EVAL}
 
 
+def padding_free_note(stage, attn_implementation: str | None) -> str | None:
+    """A line for the user when padding-free batches meet an attention without a varlen kernel.
+
+    TRL 1.16's packing (strategy bfd) and padding_free flatten each micro-batch into one row,
+    with position ids restarting at every example. Flash attention runs that row as separate
+    sequences; sdpa and eager get a block-diagonal mask over the whole row from transformers
+    5.23 instead, so attention costs (micro-batch tokens)^2: 16 x 256 tokens took 3.2x the time
+    of the same rows padded (docs/notes.md, "On a GPU")."""
+    if not (stage.packing or stage.padding_free) or "flash" in (attn_implementation or ""):
+        return None
+    return (f"rlhf: stage.packing flattens each micro-batch of {stage.per_device_batch_size} "
+            f"rows into one row; with model.attn_implementation={attn_implementation} attention "
+            "spans the whole row (correct, but quadratic in the micro-batch's tokens). Use "
+            "flash attention (e.g. model.attn_implementation=flash_attention_2), or "
+            "stage.packing=false with stage.train_sampling=batch_rebalance")
+
+
 def run(cfg) -> dict:
     stage_run = StageRun(cfg)
     out, stage = stage_run.out, cfg.stage
@@ -64,6 +82,9 @@ def run(cfg) -> dict:
 
     tokenizer = load_tokenizer(cfg.model)
     model = load_causal_lm(cfg.model)
+    note = padding_free_note(stage, model.config._attn_implementation)
+    if note and is_main_process():
+        print(note, flush=True)
     train_ds = datasets.Dataset.from_list(train_rows)
     eval_ds = datasets.Dataset.from_list(eval_rows) if eval_rows else None
 
