@@ -11,7 +11,8 @@ optimizer state that each rank holds (measured inside the run after the first op
 see rlhf/distributed/memory.py). ZeRO-3 should hold about 1/N of the full state per rank.
 On CPU every rank runs with gloo and DS_ACCELERATOR=cpu. On a GPU it also prints tokens/s
 (TRL's count of non-padding tokens over the training time) and rank 0's peak of allocated GPU
-memory over the whole stage.
+memory over the whole stage. The times include the first step's start-up (CUDA, nccl: ~10 s on
+an H100), so a few steps measure that, not the model: give many --steps.
 """
 
 from __future__ import annotations
@@ -82,14 +83,15 @@ def main() -> None:
           f"{args.steps} steps, global batch {args.global_batch}, max length "
           f"{args.max_length}{' packed' if args.packing else ''}, {args.precision}, {device}\n")
     if torch.cuda.is_available():
-        print(f"{'config':15}{'samples/s':>10}{'tokens/s':>10}{'s/step':>8}"
+        print(f"{'config':15}{'samples/s':>10}{'tokens/s':>10}{'s/step*':>8}"
               f"{'peak GPU GiB (rank 0)':>23}")
         for name, m in results.items():
             print(f"{name:15}{m['train/samples_per_second']:10.1f}"
                   f"{m.get('tokens_per_second', float('nan')):10.0f}"
                   f"{m['train_runtime_s'] / args.steps:8.3f}"
                   f"{m['memory/peak_gpu_bytes'] / 2**30:23.2f}")
-        print()
+        print("* the training time over all steps, the first step's CUDA start included: "
+              "give many --steps for a steady-state figure\n")
     header = (f"{'config':15}{'samples/s':>10}  per rank (MiB): {'params':>9}{'grads':>9}"
               f"{'optimizer':>10}{'state sum':>10}{'peak RSS':>10}")
     print(header)
