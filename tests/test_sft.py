@@ -111,6 +111,7 @@ def test_wandb_offline_run_has_metrics_and_config_without_secrets(sft_run):
     assert run["run"]["job_type"] == "sft"
     assert run["config"]["stage"]["learning_rate"] == 2e-3
     assert run["config"]["model"]["name"] == "demo_tiny"
+    assert run["config"]["environment"] == json.loads((run_dir / "environment.json").read_text())
     logged = {k for row in run["history"] for k in row}
     assert {"train/loss", "train/lr", "train/grad_norm", "eval/loss"} <= logged
     assert run["summary"]["eval/perplexity"] > 1

@@ -102,9 +102,14 @@ def wait_done(job_id: str, timeout: float = 900) -> dict:
 
 
 def start_now_when_requeued(job_id: str, timeout: float = 300) -> None:
-    """A requeued job waits ~120 s (BeginTime) before it may start again: start it now."""
+    """A requeued job waits ~120 s (BeginTime) before it may start again: start it now, but
+    not within the second its last run was killed. slurmd revokes a killed job's credential
+    at that second and takes a new one only if it was made in a later second (whole-second
+    times). Started at once, a job ended FAILED without running, twice (slurmd.log: "Job N
+    already killed, do not launch batch job"; docs/notes.md, Slurm)."""
     wait_for(lambda: job(job_id).get("JobState") == "PENDING", timeout,
              f"job {job_id} to be requeued")
+    time.sleep(1.5)
     subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True)
 
 

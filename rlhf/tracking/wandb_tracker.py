@@ -10,7 +10,7 @@ import uuid
 from pathlib import Path
 
 from rlhf.config import WandbMode
-from rlhf.runs import resolved_config, sweep_dir, swept_overrides
+from rlhf.runs import environment, resolved_config, sweep_dir, swept_overrides
 from rlhf.tracking.secrets import redact, redact_arg
 
 RUN_ID_FILE = "wandb_run_id"
@@ -68,7 +68,9 @@ class WandbTracker:
             project=cfg.logger.project, entity=cfg.logger.entity,
             group=group, job_type=cfg.stage.name, name=name,
             tags=redact(list(cfg.logger.tags)),
-            config=resolved_config(cfg), dir=str(out), mode=self.mode, id=run_id,
+            # environment: filter and group runs by GPU, precision, ranks, library versions
+            config={**resolved_config(cfg), "environment": environment(cfg)},
+            dir=str(out), mode=self.mode, id=run_id,
             # a pipeline's steps may run in its process, each with its own run beside the
             # pipeline's: runs are independent objects, none finishes another
             resume="allow", reinit="create_new")
