@@ -11,8 +11,9 @@ optimizer state that each rank holds (measured inside the run after the first op
 see rlhf/distributed/memory.py). ZeRO-3 should hold about 1/N of the full state per rank.
 On CPU every rank runs with gloo and DS_ACCELERATOR=cpu. On a GPU it also prints tokens/s
 (TRL's count of non-padding tokens over the training time) and rank 0's peak of allocated GPU
-memory over the whole stage. The times include the first step's start-up (CUDA, nccl: ~10 s on
-an H100), so a few steps measure that, not the model: give many --steps.
+memory over the whole stage. Its s/step is the median step after the first (`train/step_s`),
+tokens/s the mean step's tokens over it: the first step carries CUDA's and nccl's start (~10 s
+on an H100), which samples/s (over the whole training time) includes.
 """
 
 from __future__ import annotations
@@ -50,8 +51,9 @@ def run(name: str, args, work: Path) -> dict:
     metrics = json.loads((run_dir / "metrics.json").read_text())
     history = json.loads((run_dir / "log_history.json").read_text())
     tokens = [h["num_tokens"] for h in history if "num_tokens" in h]
-    if tokens:
-        metrics["tokens_per_second"] = tokens[-1] / metrics["train_runtime_s"]
+    if tokens and metrics.get("train/step_s"):
+        # tokens of the mean step over the median step time (the first step left out)
+        metrics["tokens_per_second"] = tokens[-1] / args.steps / metrics["train/step_s"]
     return metrics
 
 
@@ -83,15 +85,15 @@ def main() -> None:
           f"{args.steps} steps, global batch {args.global_batch}, max length "
           f"{args.max_length}{' packed' if args.packing else ''}, {args.precision}, {device}\n")
     if torch.cuda.is_available():
-        print(f"{'config':15}{'samples/s':>10}{'tokens/s':>10}{'s/step*':>8}"
+        print(f"{'config':15}{'samples/s*':>11}{'tokens/s':>10}{'s/step':>8}"
               f"{'peak GPU GiB (rank 0)':>23}")
         for name, m in results.items():
-            print(f"{name:15}{m['train/samples_per_second']:10.1f}"
+            print(f"{name:15}{m['train/samples_per_second']:11.1f}"
                   f"{m.get('tokens_per_second', float('nan')):10.0f}"
-                  f"{m['train_runtime_s'] / args.steps:8.3f}"
+                  f"{m.get('train/step_s', float('nan')):8.3f}"
                   f"{m['memory/peak_gpu_bytes'] / 2**30:23.2f}")
-        print("* the training time over all steps, the first step's CUDA start included: "
-              "give many --steps for a steady-state figure\n")
+        print("s/step: the median step after the first (train/step_s); tokens/s from it; "
+              "* samples/s: over the whole training time, the first step's start included\n")
     header = (f"{'config':15}{'samples/s':>10}  per rank (MiB): {'params':>9}{'grads':>9}"
               f"{'optimizer':>10}{'state sum':>10}{'peak RSS':>10}")
     print(header)

@@ -77,6 +77,17 @@ def test_run_dir_records_where_it_ran(sft_run):
     assert ("memory/peak_gpu_bytes" in metrics) == torch.cuda.is_available()
 
 
+def test_steady_step_time_leaves_out_the_first_step(sft_run):
+    run_dir, _ = sft_run
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    # 20 steps: the median of steps 2-20 is below the mean over the whole training time,
+    # which carries the first step's start
+    assert 0 < metrics["train/step_s"] < metrics["train_runtime_s"] / metrics["train/steps"]
+    run = run_summary(next(run_dir.glob("wandb/offline-run-*/run-*.wandb")))
+    logged = [row["time/step_s"] for row in run["history"] if "time/step_s" in row]
+    assert len(logged) == 6 and all(t > 0 for t in logged)  # step 1, then every 4th of 20
+
+
 def test_run_dir_has_resolved_config(sft_run):
     run_dir, _ = sft_run
     cfg = OmegaConf.load(run_dir / "config.yaml")

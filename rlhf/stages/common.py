@@ -142,10 +142,18 @@ def train_summary(trainer, result) -> dict:
     # step to the logged ones (which are means over ranks): on 2 ranks (ddp, zero2, zero3
     # alike) it counted rank 0's micro batches only for those steps, 6.337 against 6.261 on
     # one process. The logged part is the same on every rank, so the mean over ranks is right.
-    return {"train/loss": mean_over_ranks(result.training_loss),
-            "train_runtime_s": result.metrics["train_runtime"],
-            "train/samples_per_second": result.metrics["train_samples_per_second"],
-            "train/steps": trainer.state.global_step}
+    from rlhf.tracking.callback import TrackerCallback
+
+    summary = {"train/loss": mean_over_ranks(result.training_loss),
+               "train_runtime_s": result.metrics["train_runtime"],
+               "train/samples_per_second": result.metrics["train_samples_per_second"],
+               "train/steps": trainer.state.global_step}
+    # train_runtime_s / steps includes the first step's warm-up; a steady figure beside it
+    tracker = next((c for c in trainer.callback_handler.callbacks
+                    if isinstance(c, TrackerCallback)), None)
+    if tracker is not None and tracker.steady_step_seconds() is not None:
+        summary["train/step_s"] = tracker.steady_step_seconds()
+    return summary
 
 
 def last_train_log(trainer, prefix: str | tuple[str, ...]) -> dict:
