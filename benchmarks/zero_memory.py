@@ -9,11 +9,11 @@
 Prints samples/s, peak resident memory per rank, and the bytes of parameters, gradients and
 optimizer state that each rank holds (measured inside the run after the first optimizer step;
 see rlhf/distributed/memory.py). ZeRO-3 should hold about 1/N of the full state per rank.
-On CPU every rank runs with gloo and DS_ACCELERATOR=cpu. On a GPU it also prints tokens/s
-(TRL's count of non-padding tokens over the training time) and rank 0's peak of allocated GPU
-memory over the whole stage. Its s/step is the median step after the first (`train/step_s`),
-tokens/s the mean step's tokens over it: the first step carries CUDA's and nccl's start (~10 s
-on an H100), which samples/s (over the whole training time) includes.
+On CPU every rank runs with gloo and DS_ACCELERATOR=cpu. On a GPU it also prints s/step, the
+median step after the first (`train/step_s`), tokens/s (TRL's count of non-padding tokens per
+mean step, over that median) and rank 0's peak of allocated GPU memory over the whole stage.
+The first step carries CUDA's and nccl's start (~10 s on an H100), which samples/s (over the
+whole training time) includes.
 """
 
 from __future__ import annotations
