@@ -1,6 +1,8 @@
 """Every training stage on a CUDA GPU under DeepSpeed in bf16, through the real CLI (torchrun,
 nccl), one after the other as a user's pipeline runs them: SFT (ZeRO-2), reward model and DPO
-(ZeRO-3), PPO (ZeRO-3, weights gathered once per rollout) and GRPO (ZeRO-2).
+(ZeRO-3), PPO (ZeRO-3, weights gathered once per rollout) and GRPO (ZeRO-2); then SFT with the
+optimizer and weights offloaded to the CPU (zero3_offload), SFT with LoRA in one process, and
+the held-out evaluation of the DPO model on the GPU.
 
 Skipped without CUDA, so CI (CPU only) never runs them. Run on a GPU machine with
 `pytest -m gpu`; docs/notes.md has what they found and the figures measured there."""
@@ -51,6 +53,11 @@ def runs(run_cli, tmp_path_factory):
                 "stage.reward_model={rm}", "stage.max_steps=3"],
         "grpo": ["stage=grpo", "distributed=zero2", "model.path={sft}",
                  "stage.reward_model={rm}", "stage.max_steps=3"],
+        # DeepSpeed's CPU Adam is compiled on first use (nvcc, ninja)
+        "sft_offload": ["stage=sft", "distributed=zero3_offload", "stage.max_steps=4"],
+        "sft_lora": ["stage=sft", "distributed=single", "model.lora.enabled=true",
+                     "stage.max_steps=4"],
+        "eval": ["stage=eval", "model.path={dpo}", "stage.reward_model={rm}"],
     }
     out = {}
     for name, args in jobs.items():
@@ -70,6 +77,17 @@ def test_stage_ran_on_the_gpu_in_bf16(runs, name):
     assert metrics["memory/peak_gpu_bytes"] > 0
     # DeepSpeed's bf16 engine holds (and saves) the weights in bf16, ZeRO-3's gathered too
     assert _weights_dtypes(runs[name] / "model") == {"BF16"}
+
+
+@pytest.mark.parametrize("name", ["sft_offload", "sft_lora", "eval"])
+def test_offload_lora_and_evaluation_ran_on_the_gpu(runs, name):
+    env = json.loads((runs[name] / "environment.json").read_text())
+    assert (env["device"], env["precision"]) == ("cuda", "bf16"), env
+    metrics = json.loads((runs[name] / "metrics.json").read_text())
+    if name == "eval":
+        assert 0.0 <= metrics["eval/oracle_greedy"] <= 1.0
+    else:
+        assert math.isfinite(metrics["train/loss"])
 
 
 def test_sft_and_dpo_losses_fall_in_bf16(runs):
