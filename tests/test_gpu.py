@@ -53,7 +53,7 @@ def runs(run_cli, tmp_path_factory):
                 "stage.reward_model={rm}", "stage.max_steps=3"],
         "grpo": ["stage=grpo", "distributed=zero2", "model.path={sft}",
                  "stage.reward_model={rm}", "stage.max_steps=3"],
-        # DeepSpeed's CPU Adam is compiled on first use (nvcc, ninja)
+        # DeepSpeed's CPU Adam, a C++ extension compiled on first use (ninja)
         "sft_offload": ["stage=sft", "distributed=zero3_offload", "stage.max_steps=4"],
         "sft_lora": ["stage=sft", "distributed=single", "model.lora.enabled=true",
                      "stage.max_steps=4"],
