@@ -57,8 +57,8 @@ def padding_free_note(stage, attn_implementation: str | None) -> str | None:
     TRL 1.16's packing (strategy bfd) and padding_free flatten each micro-batch into one row,
     with position ids restarting at every example. Flash attention runs that row as separate
     sequences; sdpa and eager get a block-diagonal mask over the whole row from transformers
-    5.23 instead, so attention costs (micro-batch tokens)^2: 16 x 256 tokens took 3.2x the time
-    of the same rows padded (docs/notes.md, "On a GPU")."""
+    5.23 instead, so attention costs (micro-batch tokens)^2: 16 x 256 tokens flattened took 3.2x
+    the time of the same 16 rows (docs/notes.md, "On a GPU")."""
     if not (stage.packing or stage.padding_free) or "flash" in (attn_implementation or ""):
         return None
     return (f"rlhf: stage.packing flattens each micro-batch of {stage.per_device_batch_size} "
