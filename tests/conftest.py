@@ -19,6 +19,29 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 
 
+def pytest_addoption(parser):
+    parser.addoption(
+        "--suite-part", choices=("slow", "rest"), default=None,
+        help="run only the `slow` tests (the demo) or the rest: `make test` runs the demo alone "
+             "on both cores, then the rest in two one-thread workers (docs/notes.md)")
+
+
+def pytest_collection_modifyitems(config, items):
+    """--suite-part keeps the slow tests or the others. The rest run heaviest files first
+    (those with multi-rank or Slurm tests), so that two workers that each take whole files
+    (`--dist loadfile`) do not end waiting for one of them."""
+    part = config.getoption("--suite-part")
+    if part:
+        keep = [item for item in items
+                if (item.get_closest_marker("slow") is not None) == (part == "slow")]
+        config.hook.pytest_deselected(items=[item for item in items if item not in keep])
+        items[:] = keep
+    heavy = ("distributed", "slurm")
+    heavy_files = {item.path for item in items
+                   if any(item.get_closest_marker(name) for name in heavy)}
+    items.sort(key=lambda item: item.path not in heavy_files)
+
+
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory) -> Path:
     """RLHF_CACHE_DIR with the demo data and the tiny model, built once for all tests."""

@@ -8,13 +8,13 @@ or MISSED; this test checks that report against the figures. The demo is determi
 machine but not across machines (the same recipe moved greedy scores by ~0.01-0.03 between two
 machines of one kind), so the assertions below hold the figures measured on the build machine
 (docs/demo.md) to bounds with that margin: where a floor sits inside the spread (SFT fact 0.81
-against 0.80, RM agreement 0.96-0.996 against 0.97) or is not reached (DPO sampled 1.10x against
+against 0.80, RM agreement 0.948-0.996 against 0.97) or is not reached (DPO sampled 1.10x against
 1.12x), the bound is what the recipe reaches with margin, and the printed floor report says
-where it stands. Within one machine the figures also move when the SFT weights change by
-float rounding alone: the reward model's agreement over seeds and SFT models spans 0.960-0.996
-with the demo's weight decay, and PPO's greedy fact accuracy moved between 0.765 and 0.845 with
-the reward model it was given (docs/demo.md, "Robustness"). The sampled figures are means over
-four answers per prompt, which halves their spread from seed to seed."""
+where it stands. Within one machine the figures also move when the SFT weights change by float
+rounding alone: the reward model's agreement over seeds, SFT models and thread counts spans
+0.948-0.996 with the demo's weight decay, and PPO's greedy fact accuracy moved between 0.765 and
+0.845 with the reward model it was given (docs/demo.md, "Robustness"). The sampled figures are
+means over four answers per prompt, which halves their spread from seed to seed."""
 
 from __future__ import annotations
 
@@ -51,8 +51,9 @@ def test_demo_end_to_end(run_cli, tmp_path):
     assert sft["eval/oracle_fact_greedy"] >= 0.75
     assert sft["eval/oracle_greedy"] >= base["eval/oracle_greedy"] + 0.6
     # the K-wise reward model orders held-out answers as the oracle does (0.960 measured,
-    # 0.960-0.996 over seeds and SFT models)
-    assert rm["eval/reward_accuracy"] >= 0.95 and rm["eval/num_pairs"] > 1000
+    # 0.948-0.996 over seeds, SFT models and thread counts; after one epoch, when it has
+    # learnt style but not yet the fact check, 0.917-0.940)
+    assert rm["eval/reward_accuracy"] >= 0.94 and rm["eval/num_pairs"] > 1000
     # DPO beats SFT by the oracle on sampled answers (1.10x measured) and keeps its facts
     assert dpo["eval/oracle_sampled"] >= 1.03 * sft["eval/oracle_sampled"]
     assert dpo["eval/oracle_fact_greedy"] >= sft["eval/oracle_fact_greedy"] - 0.02
