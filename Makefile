@@ -28,8 +28,9 @@ demo: venv
 # The demo first, alone on both cores; then every other test in two pytest-xdist workers of one
 # thread each, each worker taking whole files (module fixtures are built once). The tests
 # besides the demo keep one core busy on average, and a torch process of two threads next to
-# any other job stalls (docs/notes.md, "Timing on the build machines"). Both parts always run;
-# the target fails if either failed (pytest's 5, nothing selected, only if both are 5).
+# any other job stalls (docs/notes.md, "Timing on the build machines"). Both parts always run
+# and the target fails if either failed; pytest's 5 (it selected nothing, e.g. the demo part
+# under PYTEST_ARGS=tests/test_rm.py) fails it only when both parts selected nothing.
 TEST_WORKERS ?= 2
 test: venv
 	$(VENV)/bin/pytest --suite-part=slow $(PYTEST_ARGS); demo=$$?; \
