@@ -32,9 +32,11 @@ def pytest_collection_modifyitems(config, items):
     (`--dist loadfile`) do not end waiting for one of them."""
     part = config.getoption("--suite-part")
     if part:
-        keep = [item for item in items
-                if (item.get_closest_marker("slow") is not None) == (part == "slow")]
-        config.hook.pytest_deselected(items=[item for item in items if item not in keep])
+        keep, drop = [], []
+        for item in items:
+            is_slow = item.get_closest_marker("slow") is not None
+            (keep if is_slow == (part == "slow") else drop).append(item)
+        config.hook.pytest_deselected(items=drop)
         items[:] = keep
     heavy = ("distributed", "slurm")
     heavy_files = {item.path for item in items

@@ -151,8 +151,9 @@ def train_summary(trainer, result) -> dict:
     # train_runtime_s / steps includes the first step's warm-up; a steady figure beside it
     tracker = next((c for c in trainer.callback_handler.callbacks
                     if isinstance(c, TrackerCallback)), None)
-    if tracker is not None and tracker.steady_step_seconds() is not None:
-        summary["train/step_s"] = tracker.steady_step_seconds()
+    steady = tracker.steady_step_seconds() if tracker is not None else None
+    if steady is not None:
+        summary["train/step_s"] = steady
     return summary
 
 
