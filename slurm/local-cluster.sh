@@ -50,11 +50,14 @@ install() {
 
 write_conf() {
   if [ -f "$CONF" ] && ! grep -qF "$MARK" "$CONF"; then
-    log "$CONF exists and is not ours: using it as it is"; return 0
+    log "$CONF exists and is not ours: using it as it is"; return 1
   fi
   local host cpus mem
   host=$(hostname -s)
-  cpus=$(nproc)
+  # not plain `nproc`: it honours OMP_NUM_THREADS, and a cluster started from a process with
+  # OMP_NUM_THREADS=1 (a test worker) got CPUs=1, where a 2-task job pends forever
+  # (Reason=PartitionConfig)
+  cpus=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)
   mem=$(( $(awk '/MemTotal/ {print $2}' /proc/meminfo) / 1024 * 9 / 10 ))
   mkdir -p /etc/slurm /var/spool/slurmctld /var/spool/slurmd "$LOGDIR"
   local tmp
@@ -90,7 +93,8 @@ NodeName=$host NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem State=UNKNOWN
 PartitionName=debug Nodes=$host Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO
 EOF
   chmod 644 "$tmp"
-  if [ -f "$CONF" ] && cmp -s "$tmp" "$CONF"; then rm -f "$tmp"; else mv "$tmp" "$CONF"; fi
+  if [ -f "$CONF" ] && cmp -s "$tmp" "$CONF"; then rm -f "$tmp"; return 1; fi
+  mv "$tmp" "$CONF"   # returns 0: the config changed
 }
 
 pid_alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
@@ -117,11 +121,18 @@ start_daemons() {
 
 start() {
   if command -v scontrol >/dev/null && answers; then
-    log "running ($(node_state), $(sinfo -h -o '%c CPUs, partition %P'))"; return 0
+    # a cluster of ours whose config no longer matches this machine (e.g. written with fewer
+    # CPUs) restarts with the new one: slurmctld reads node sizes only when it starts
+    if [ "$(id -u)" = 0 ] && grep -qF "$MARK" "$CONF" 2>/dev/null && write_conf; then
+      log "slurm.conf changed ($(grep -o 'CPUs=[0-9]*' "$CONF")): restarting the daemons"
+      stop
+    else
+      log "running ($(node_state), $(sinfo -h -o '%c CPUs, partition %P'))"; return 0
+    fi
   fi
   need_root
   install
-  write_conf
+  write_conf || true
   start_daemons
   local i
   for i in $(seq 1 60); do

@@ -85,20 +85,37 @@ def job(job_id: str) -> dict:
     return dict(re.findall(r"(\w+)=(\S*)", out.splitlines()[0])) if out.strip() else {}
 
 
-def wait_for(predicate, timeout: float, what: str, every: float = 0.5):
+def wait_for(predicate, timeout: float, what: str, every: float = 0.5, seen=None):
+    """Polls until `predicate()` is truthy; `seen()` says what was last seen, on a timeout."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         value = predicate()
         if value:
             return value
         time.sleep(every)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+    last = f" (last seen: {seen()})" if seen else ""
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}{last}")
+
+
+# a pending job with one of these reasons waits for a cluster that will never fit it
+NEVER_STARTS = ("PartitionConfig", "BadConstraints", "PartitionNodeLimit", "PartitionTimeLimit")
 
 
 def wait_done(job_id: str, timeout: float = 900) -> dict:
     ended = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY")
-    return wait_for(lambda: (lambda j: j if j.get("JobState") in ended else None)(job(job_id)),
-                    timeout, f"job {job_id} to end")
+    last: dict = {}
+
+    def ended_or_stuck():
+        last.update(job(job_id))
+        if last.get("JobState") == "PENDING" and last.get("Reason") in NEVER_STARTS:
+            nodes = subprocess.run(["sinfo", "-N", "-o", "%N %T %c"], capture_output=True,
+                                   text=True).stdout
+            raise AssertionError(f"job {job_id} can never start (Reason={last['Reason']}, "
+                                 f"NumCPUs={last.get('NumCPUs')}); the cluster:\n{nodes}")
+        return dict(last) if last.get("JobState") in ended else None
+
+    return wait_for(ended_or_stuck, timeout, f"job {job_id} to end",
+                    seen=lambda: f"JobState={last.get('JobState')} Reason={last.get('Reason')}")
 
 
 def start_now_when_requeued(job_id: str, timeout: float = 300) -> None:
@@ -126,6 +143,14 @@ def wandb_segments(run_dir: Path) -> list[dict]:
     """Each offline W&B segment of a run directory, oldest first."""
     files = sorted(run_dir.glob("wandb/offline-run-*/run-*.wandb"))
     return [run_summary(f) for f in files]
+
+
+# ---------------------------------------------------------------- the cluster itself
+def test_the_local_cluster_offers_every_cpu_of_this_machine(slurm_cluster):
+    """`make test` starts the cluster from a worker with OMP_NUM_THREADS=1, which GNU `nproc`
+    honours: the node once had CPUs=1, and a 2-task job pended forever (PartitionConfig)."""
+    cpus = subprocess.run(["sinfo", "-h", "-o", "%c"], capture_output=True, text=True).stdout
+    assert int(cpus.split()[0]) == len(os.sched_getaffinity(0))
 
 
 # ---------------------------------------------------------------- (a) sweep as jobs
