@@ -419,7 +419,8 @@ class PPOStageConfig(TrainStageConfig):
     # PPO's policy ratio clip and the value clip
     cliprange: float = 0.2
     cliprange_value: float = 0.2
-    # weight of the critic's loss, and of the entropy bonus in the actor's loss
+    # weight of the critic's loss, and of the entropy bonus in the actor's loss (negative:
+    # entropy minimisation, Agarwal et al. 2025, arXiv 2505.15134; the demo uses -0.2)
     vf_coef: float = 0.1
     entropy_coef: float = 0.0
     whiten_advantages: bool = True

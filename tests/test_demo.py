@@ -50,9 +50,10 @@ def test_demo_end_to_end(run_cli, tmp_path):
     # SFT learns the domain and answers held-out phrasings with the right fact (0.81 measured)
     assert sft["eval/oracle_fact_greedy"] >= 0.75
     assert sft["eval/oracle_greedy"] >= base["eval/oracle_greedy"] + 0.6
-    # the K-wise reward model orders held-out answers as the oracle does (0.960 measured,
-    # 0.948-0.996 over seeds, SFT models and thread counts; after one epoch, when it has
-    # learnt style but not yet the fact check, 0.917-0.940)
+    # the K-wise reward model orders held-out answers as the oracle does (0.974 measured;
+    # 0.961-0.994 over seeds at this weight decay, 0.948-0.996 over seeds, SFT models and
+    # thread counts at 0.3; after one epoch, when it has learnt style but not yet the fact
+    # check, 0.917-0.940)
     assert rm["eval/reward_accuracy"] >= 0.94 and rm["eval/num_pairs"] > 1000
     # DPO beats SFT by the oracle on sampled answers (1.10x measured) and keeps its facts
     assert dpo["eval/oracle_sampled"] >= 1.03 * sft["eval/oracle_sampled"]
@@ -68,14 +69,15 @@ def test_demo_end_to_end(run_cli, tmp_path):
     assert ratio["met"] == (dpo["eval/oracle_sampled"] >= ratio["bar"])
     report = result.output.split("=== quality floors")[1]
     assert report.count("met   ") + report.count("MISSED") == 6
-    # PPO optimises the reward model's score; the oracle says whether that helped (1.13x
-    # sampled measured) or was reward hacking. Its facts: over 800 sampled answers 0.646
-    # against SFT's 0.564; greedy, over 200 answers, 0.77 against 0.81, and 0.765-0.845 over
-    # reward models (PPO minus SFT: -0.05 to +0.03), so the greedy bound only catches a
-    # collapse and the sampled one carries the check
+    # PPO optimises the reward model's score; the oracle says whether that helped (1.167x
+    # sampled measured, 1.147x-1.176x over PPO seeds and two reward models) or was reward
+    # hacking. Its facts: over 800 sampled answers 0.69 against SFT's 0.564; greedy, over 200
+    # answers, 0.78 against 0.81, and 0.765-0.84 over seeds and reward models (PPO minus SFT:
+    # -0.045 to +0.03), so the greedy bound only catches a collapse and the sampled one
+    # carries the check
     assert ppo["eval/num_prompts"] == 200 and ppo["eval/kl_to_reference"] > 0
     assert ppo["eval/reward_model_sampled"] > sft["eval/reward_model_sampled"]
-    assert ppo["eval/oracle_sampled"] >= 1.05 * sft["eval/oracle_sampled"]
+    assert ppo["eval/oracle_sampled"] >= 1.10 * sft["eval/oracle_sampled"]
     assert ppo["eval/oracle_fact_sampled"] >= sft["eval/oracle_fact_sampled"]
     assert ppo["eval/oracle_fact_greedy"] >= sft["eval/oracle_fact_greedy"] - 0.1
     # the four models side by side, SFT the baseline, and the table under the summary
