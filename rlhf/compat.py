@@ -111,6 +111,32 @@ def score_only_labelled_tokens_on_cpu() -> None:
     trl_utils._use_triton = compact
 
 
+def keep_fused_head_entropy(model) -> list:
+    """Collect the per-token entropy that TRL's fused LM head computes in each training
+    forward, with its gradient, and the label mask it belongs to; returns the list it fills.
+
+    TRL 1.16: `DPOTrainer._compute_loss` calls the policy with `fused_lm_head=True` and
+    `labels=`, and the head (`add_fused_lm_head` in trl/trainer/utils.py) returns per-token
+    `entropy`, differentiable through `_ChunkedLogProbFunction`, for positions 1..T (zero
+    where the label is -100). The trainer only logs it (detached) and returns the loss alone,
+    so no public hook sees it. Wrapping the model's own `forward` (which TRL patched, and
+    DeepSpeed's and DDP's wrappers call) keeps what the loss needs without a second forward
+    pass. Forwards without gradients (reference log-probs, evaluation) are left out."""
+    import torch
+
+    captured: list = []
+    forward = model.forward
+
+    def forward_keeping_entropy(*args, **kwargs):
+        out = forward(*args, **kwargs)
+        if kwargs.get("fused_lm_head") and torch.is_grad_enabled():
+            captured.append((out.entropy, kwargs["labels"][:, 1:] != -100))
+        return out
+
+    model.forward = forward_keeping_entropy
+    return captured
+
+
 # ---------------------------------------------------------------- DeepSpeed
 
 

@@ -308,6 +308,10 @@ class DPOStageConfig(OfflineStageConfig):
     # longer answer of a pair outruns the shorter one count with this weight (0..1), so the
     # loss cannot favour an answer for its length alone; null: plain sums (DPO)
     ld_alpha: Optional[float] = None
+    # weight of the policy's next-token entropy over the chosen answers' tokens, subtracted
+    # from the loss: > 0 an entropy bonus, < 0 entropy minimisation (Agarwal et al. 2025,
+    # arXiv 2505.15134): the model learns to sample what it prefers at T = 1 more surely
+    entropy_coef: float = 0.0
     reference: DPOReference = DPOReference.model
     # the reference model for reference=model/precomputed; null: model.path. Also the
     # default reference of the held-out KL
@@ -785,6 +789,10 @@ def validate_dpo(stage: Any, model: Any) -> None:
         raise ConfigError(f"stage.sft_weight={stage.sft_weight} adds an NLL term to a preference "
                           f"loss; loss_type={stage.loss_type} has none to add it to (orpo has its "
                           "own, weighted by beta); set it to 0")
+    if stage.entropy_coef and stage.loss_type in REFERENCE_FREE_LOSSES:
+        raise ConfigError(f"stage.entropy_coef={stage.entropy_coef} is added to TRL's "
+                          f"DPOTrainer loss; loss_type={stage.loss_type} runs on another "
+                          "trainer; set it to 0 or use a DPO loss")
     if stage.loss_type in REFERENCE_FREE_LOSSES:
         unused = ([f"stage.reference={stage.reference.value}"]
                   if stage.reference != DPOReference.model else []) + \

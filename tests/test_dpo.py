@@ -73,6 +73,40 @@ def test_ld_dpo_leaves_out_the_longer_answers_tail(run_stage, tmp_path):
     assert shared > full + 1.0, (shared, full)
 
 
+def test_entropy_coefficient_enters_the_loss_with_its_sign(run_stage, tmp_path):
+    """stage.entropy_coef: at the first step (policy = reference) DPO's sigmoid loss is
+    log 2, minus the coefficient x the chosen answers' entropy, which for the untrained tiny
+    model is near log(vocabulary) = 6.9 nats. A dropped term gives log 2 for both signs."""
+    def first_loss(coef):
+        run_dir, _ = _run(run_stage, tmp_path / f"coef{coef}",
+                          ["stage.max_steps=1", f"stage.entropy_coef={coef}"])
+        return next(h["loss"] for h in json.loads((run_dir / "log_history.json").read_text())
+                    if "loss" in h)
+
+    minimise, bonus = first_loss(-1.0), first_loss(1.0)
+    assert minimise > math.log(2) + 5 and bonus < math.log(2) - 5, (minimise, bonus)
+    assert minimise - math.log(2) == pytest.approx(math.log(2) - bonus, rel=1e-4)
+
+
+def test_chosen_answer_entropy_by_hand():
+    import torch
+
+    from rlhf.stages.dpo import chosen_answer_entropy
+
+    # rows 0-1 chosen, 2-3 rejected; a leading column as PEFT's virtual tokens would add
+    entropy = torch.tensor([[9., 1, 2, 3], [9, 4, 5, 6], [9, 7, 8, 9], [9, 10, 11, 12]])
+    labelled = torch.tensor([[0, 1, 1], [1, 0, 0], [1, 1, 1], [1, 1, 1]]).bool()
+    assert chosen_answer_entropy(entropy, labelled).item() == pytest.approx((2 + 3 + 4) / 3)
+
+
+def test_entropy_coefficient_needs_a_dpo_trainer_loss(run_stage, tmp_path):
+    from rlhf.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="stage.entropy_coef=-1.0 .* loss_type=simpo"):
+        _run(run_stage, tmp_path, ["stage.loss_type=simpo", "stage.beta=2.0",
+                                   "stage.entropy_coef=-1.0"])
+
+
 def test_reference_free_simpo(run_stage, cache_dir, tmp_path):
     run_dir, metrics = _run(run_stage, tmp_path, ["stage.loss_type=simpo", "stage.beta=2.0"])
     assert SHARED_NAMES <= set(metrics) and math.isfinite(metrics["train/loss"])

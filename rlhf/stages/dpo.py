@@ -5,6 +5,7 @@ the reference-free SimPO and ORPO).
     rlhf stage=dpo stage.loss_type=ipo stage.beta=0.5
     rlhf stage=dpo stage.loss_type=simpo stage.beta=2.0              # no reference model
     rlhf stage=dpo stage.ld_alpha=0 stage.pairs=best                 # LD-DPO on best-vs-rest
+    rlhf stage=dpo stage.ld_alpha=0 stage.entropy_coef=-1            # + entropy minimisation
     rlhf stage=dpo model.lora.enabled=true stage.reference=lora_base  # adapters off = reference
     rlhf stage=dpo data=custom stage.data_format=pairs data.pairs_train=pairs.jsonl
 
@@ -87,7 +88,45 @@ def make_trainer(cfg, out, model, tokenizer, train_ds, eval_ds, callbacks):
     args = DPOConfig(**common, loss_type=losses, loss_weights=[1.0, stage.sft_weight][:len(losses)],
                      label_smoothing=stage.label_smoothing, ld_alpha=stage.ld_alpha,
                      precompute_ref_log_probs=stage.reference == DPOReference.precomputed)
+    if stage.entropy_coef:
+        return dpo_with_entropy(DPOTrainer)(model=model, ref_model=ref_model, args=args,
+                                            entropy_coef=stage.entropy_coef, **data)
     return DPOTrainer(model=model, ref_model=ref_model, args=args, **data)
+
+
+def chosen_answer_entropy(entropy, label_mask):
+    """Mean next-token entropy over the chosen answers' tokens. TRL's DPO batches stack the
+    chosen answers on the rejected ones ([chosen; rejected], rows 2i and 2i+1 not paired)."""
+    from rlhf.algorithms.ppo import masked_mean
+
+    entropy = entropy[:, -label_mask.size(1):]  # PEFT prompt tuning prepends virtual tokens
+    half = entropy.size(0) // 2
+    return masked_mean(entropy[:half], label_mask[:half].to(entropy.dtype))
+
+
+def dpo_with_entropy(DPOTrainer):
+    """TRL's DPOTrainer whose loss also subtracts entropy_coef x the policy's entropy on the
+    chosen answers (stage.entropy_coef), from the entropy TRL's fused LM head computed in the
+    same forward pass (rlhf.compat.keep_fused_head_entropy)."""
+    from rlhf.compat import keep_fused_head_entropy
+
+    class DPOWithEntropy(DPOTrainer):
+        def __init__(self, *args, entropy_coef: float, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.entropy_coef = entropy_coef
+            self._entropies = keep_fused_head_entropy(self.model)
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            if not self._entropies:  # evaluation: no forward with gradients
+                return loss
+            entropy = chosen_answer_entropy(*self._entropies.pop())
+            self._entropies.clear()
+            if return_outputs:
+                return loss[0] - self.entropy_coef * entropy, loss[1]
+            return loss - self.entropy_coef * entropy
+
+    return DPOWithEntropy
 
 
 def run(cfg) -> dict:

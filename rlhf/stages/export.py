@@ -34,6 +34,7 @@ KEY_HYPERPARAMETERS = (
     "learning_rate", "lr_scheduler", "warmup_ratio", "num_epochs", "max_steps",
     "global_batch_size", "max_length", "seed", "assistant_only_loss", "packing", "objective",
     "train_sampling", "data_format", "pairs", "loss_type", "beta", "sft_weight", "ld_alpha",
+    "entropy_coef",
     "reference", "num_generations", "temperature", "max_new_tokens", "kl_coef", "ppo_epochs",
     "reward_model")
 # which data.* files each stage reads (rm/dpo: by stage.data_format)
