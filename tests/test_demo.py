@@ -55,8 +55,9 @@ def test_demo_end_to_end(run_cli, tmp_path):
     # thread counts at 0.3; after one epoch, when it has learnt style but not yet the fact
     # check, 0.917-0.940)
     assert rm["eval/reward_accuracy"] >= 0.94 and rm["eval/num_pairs"] > 1000
-    # DPO beats SFT by the oracle on sampled answers (1.10x measured) and keeps its facts
-    assert dpo["eval/oracle_sampled"] >= 1.03 * sft["eval/oracle_sampled"]
+    # DPO beats SFT by the oracle on sampled answers (1.124x measured, 1.092x-1.127x over
+    # DPO seeds) and keeps its facts
+    assert dpo["eval/oracle_sampled"] >= 1.05 * sft["eval/oracle_sampled"]
     assert dpo["eval/oracle_fact_greedy"] >= sft["eval/oracle_fact_greedy"] - 0.02
     assert dpo["eval/kl_to_reference"] > 0
     assert dpo["eval/reward_model_sampled"] > sft["eval/reward_model_sampled"]
