@@ -120,6 +120,7 @@ def dpo_with_entropy(DPOTrainer):
             loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
             if not self._entropies:  # evaluation: no forward with gradients
                 return loss
+            # the last training forward is this loss's; nothing older may keep its graph alive
             entropy = chosen_answer_entropy(*self._entropies.pop())
             self._entropies.clear()
             if return_outputs:
