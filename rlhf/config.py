@@ -353,6 +353,12 @@ class CriticInit(str, Enum):
     policy = "policy"  # model.path with a new value head initialised to zero
 
 
+class PtxData(str, Enum):
+    """The conversations of PPO-ptx's SFT loss (stage.ptx_coef)."""
+    sft = "sft"  # data.sft_train, every conversation as written
+    rankings = "rankings"  # data.rankings_train: each ranking's prompt and best answer
+
+
 class PPOReference(str, Enum):
     model = "model"  # a frozen copy of stage.reference_path (default: model.path)
     lora_base = "lora_base"  # the actor with its LoRA adapters disabled (model.lora.enabled)
@@ -427,6 +433,14 @@ class PPOStageConfig(TrainStageConfig):
     # entropy minimisation, Agarwal et al. 2025, arXiv 2505.15134; the demo uses -0.2)
     vf_coef: float = 0.1
     entropy_coef: float = 0.0
+    # PPO-ptx (InstructGPT): ptx_coef x the SFT loss on ptx_batch_size conversations of
+    # ptx_data (each cut to ptx_max_length tokens) is added to every actor micro batch's loss,
+    # so RL keeps what supervised data teaches (0: off). ptx_data: sft (data.sft_train) or
+    # rankings (each ranking's best answer in data.rankings_train; the demo uses it)
+    ptx_coef: float = 0.0
+    ptx_data: PtxData = PtxData.sft
+    ptx_batch_size: int = 8
+    ptx_max_length: int = 512
     whiten_advantages: bool = True
     # divide the per-token rewards by their std over the rollout (mean kept)
     whiten_rewards: bool = False
@@ -682,7 +696,7 @@ def validate(cfg: Any, world: int | None = None) -> None:
     if stage.name in ("grpo", "rloo"):
         validate_online_rl(stage)
     if stage.name == "ppo":
-        validate_ppo(stage, cfg.model, cfg.distributed, world)
+        validate_ppo(stage, cfg.model, cfg.distributed, world, cfg.data)
     if stage.name == "eval":
         validate_heldout(stage, "stage")
         validate_eval_models(stage)
@@ -845,7 +859,7 @@ def validate_online_rl(stage: Any) -> None:
                           "run dir> and/or stage.reward_funcs=[{_target_: pkg.module.fn}]")
 
 
-def validate_ppo(stage: Any, model: Any, dist: Any, world: int) -> None:
+def validate_ppo(stage: Any, model: Any, dist: Any, world: int, data: Any) -> None:
     per_minibatch = world * stage.num_minibatches * stage.per_device_batch_size
     if stage.global_batch_size % per_minibatch:
         raise ConfigError(f"stage.global_batch_size={stage.global_batch_size} answers per rollout "
@@ -888,6 +902,15 @@ def validate_ppo(stage: Any, model: Any, dist: Any, world: int) -> None:
     if not 0 <= stage.gamma <= 1 or not 0 <= stage.lam <= 1:
         raise ConfigError(f"stage.gamma={stage.gamma} and stage.lam={stage.lam} must be in "
                           "[0, 1]")
+    if stage.ptx_coef < 0 or stage.ptx_batch_size < 1 or stage.ptx_max_length < 2:
+        raise ConfigError(f"stage.ptx_coef={stage.ptx_coef} must be >= 0, stage.ptx_batch_size="
+                          f"{stage.ptx_batch_size} >= 1 and stage.ptx_max_length="
+                          f"{stage.ptx_max_length} >= 2")
+    ptx_file = "data.rankings_train" if stage.ptx_data == PtxData.rankings else "data.sft_train"
+    if stage.ptx_coef and not getattr(data, ptx_file.split(".")[1]):
+        raise ConfigError(f"stage.ptx_coef={stage.ptx_coef} mixes an SFT loss on {ptx_file} "
+                          f"(stage.ptx_data={stage.ptx_data.value}) into the actor's, and "
+                          f"{ptx_file} is not set; set it, or stage.ptx_coef=0")
     if stage.critic_warmup_steps >= stage.max_steps:
         raise ConfigError(f"stage.critic_warmup_steps={stage.critic_warmup_steps} leaves no "
                           f"step of stage.max_steps={stage.max_steps} to train the actor")

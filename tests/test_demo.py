@@ -70,17 +70,17 @@ def test_demo_end_to_end(run_cli, tmp_path):
     assert ratio["met"] == (dpo["eval/oracle_sampled"] >= ratio["bar"])
     report = result.output.split("=== quality floors")[1]
     assert report.count("met   ") + report.count("MISSED") == 6
-    # PPO optimises the reward model's score; the oracle says whether that helped (1.167x
-    # sampled measured, 1.147x-1.176x over PPO seeds and two reward models) or was reward
-    # hacking. Its facts: over 800 sampled answers 0.69 against SFT's 0.564; greedy, over 200
-    # answers, 0.78 against 0.81, and 0.765-0.84 over seeds and reward models (PPO minus SFT:
-    # -0.045 to +0.03), so the greedy bound only catches a collapse and the sampled one
-    # carries the check
+    # PPO optimises the reward model's score; the oracle says whether that helped (1.189x
+    # sampled measured, 1.183x-1.201x over PPO seeds) or was reward hacking. PPO-ptx on the
+    # rankings' best answers holds its facts: over 800 sampled answers 0.729 against SFT's
+    # 0.564; greedy, over 200 answers, 0.82 against 0.81 (0.815-0.83 over seeds; without
+    # PPO-ptx 0.765-0.81), so the greedy bound leaves room for the spread between machines
     assert ppo["eval/num_prompts"] == 200 and ppo["eval/kl_to_reference"] > 0
     assert ppo["eval/reward_model_sampled"] > sft["eval/reward_model_sampled"]
-    assert ppo["eval/oracle_sampled"] >= 1.10 * sft["eval/oracle_sampled"]
+    assert ppo["eval/oracle_sampled"] >= 1.12 * sft["eval/oracle_sampled"]
     assert ppo["eval/oracle_fact_sampled"] >= sft["eval/oracle_fact_sampled"]
-    assert ppo["eval/oracle_fact_greedy"] >= sft["eval/oracle_fact_greedy"] - 0.1
+    assert ppo["eval/oracle_fact_greedy"] >= sft["eval/oracle_fact_greedy"] - 0.03
+    assert ppo["ppo/ptx_loss"] > 0  # the demo's PPO step mixes in the SFT loss
     # the four models side by side, SFT the baseline, and the table under the summary
     final = summary["final_eval"]
     for name in ("untrained", "dpo", "ppo"):

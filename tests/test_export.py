@@ -132,3 +132,20 @@ def test_export_picks_the_best_candidate(run_stage, cache_dir, export_runs, tmp_
     assert [e.get("stage") for e in lineage] == ["eval", "sft", None]
     assert run_stage.fails(["stage=export", f"stage.candidates=[{other}]"], tmp_path / "x") \
         .startswith("stage.candidates lists 1 run(s) but stage.select_by is not set")
+
+
+def test_the_card_lists_the_ppo_ptx_data_file(tmp_path):
+    """A PPO run with stage.ptx_coef also learnt from the file of its ptx_data: the card's data
+    section names it, with its rows; without ptx it names only the prompts."""
+    from rlhf.stages.export import data_files
+
+    rankings, prompts = tmp_path / "rankings.jsonl", tmp_path / "prompts.jsonl"
+    rankings.write_text('{"a": 1}\n{"a": 2}\n')
+    prompts.write_text('{"a": 1}\n')
+    data = {"prompts_train": str(prompts), "rankings_train": str(rankings),
+            "sft_train": str(tmp_path / "absent.jsonl")}
+    with_ptx = data_files({"name": "ppo", "ptx_coef": 2.0, "ptx_data": "rankings"}, data)
+    assert [(f["field"], f.get("rows")) for f in with_ptx] == [
+        ("data.prompts_train", 1), ("data.rankings_train", 2)]
+    without = data_files({"name": "ppo", "ptx_coef": 0.0, "ptx_data": "rankings"}, data)
+    assert [f["field"] for f in without] == ["data.prompts_train"]

@@ -259,6 +259,81 @@ def test_a_negative_entropy_coefficient_sharpens_the_actor(run_stage, tmp_path):
     assert entropy[-1.0] < entropy[1.0] - 0.01, entropy
 
 
+def test_ptx_splits_a_conversation_as_a_rollout(tiny, cache_dir):
+    """PPO-ptx lays an SFT conversation out as a rollout: its prompt is exactly what the
+    rollout would generate from (chat template with the generation prompt), its answer the
+    rest of the conversation's template (the reply and its end-of-turn token), and a cut keeps
+    the answer's start and the prompt's end."""
+    from rlhf.models.generation import prompt_token_ids
+    from rlhf.models.ptx import split_conversation
+
+    _, tokenizer = tiny
+    messages = json.loads((cache_dir / "demo_data" / "sft_train.jsonl").open().readline())[
+        "messages"]
+    prompt, answer = split_conversation(tokenizer, messages, 10_000)
+    assert prompt == prompt_token_ids(tokenizer, messages[:-1])
+    full = tokenizer(tokenizer.apply_chat_template(messages, tokenize=False),
+                     add_special_tokens=False)["input_ids"]
+    assert prompt + answer == full
+    assert tokenizer.decode(answer, skip_special_tokens=True).strip() == \
+        messages[-1]["content"]
+    short_prompt, short_answer = split_conversation(tokenizer, messages, len(answer) + 5)
+    assert short_answer == answer and short_prompt == prompt[-5:]
+    cut_prompt, cut_answer = split_conversation(tokenizer, messages, 4)
+    assert cut_answer == answer[:3] and cut_prompt == prompt[-1:]
+
+
+def test_ptx_on_rankings_takes_each_ranking_s_best_answer():
+    """stage.ptx_data=rankings: the prompt and the answer of the best rank (lowest number);
+    answers tied for it give the first of them."""
+    from rlhf.data.rankings import best_answer_conversations
+
+    prompt = [{"role": "user", "content": "q"}]
+    rows = [{"prompt": prompt, "responses": ["a", "b", "c"], "ranks": [2, 1, 3]},
+            {"prompt": prompt, "responses": ["d", "e", "f"], "ranks": [2, 1, 1]}]
+    assert best_answer_conversations(rows) == [
+        {"messages": prompt + [{"role": "assistant", "content": "b"}]},
+        {"messages": prompt + [{"role": "assistant", "content": "e"}]}]
+
+
+def _sft_nll(model_dir, cache_dir, rows: int = 64) -> float:
+    """The mean per-token loss of a model on the answers of the first SFT conversations."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from rlhf.algorithms.ppo import masked_mean
+    from rlhf.models.ptx import split_conversation
+    from rlhf.models.rollout import ResponseBatch, answer_logits, token_logprobs
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    lines = (cache_dir / "demo_data" / "sft_train.jsonl").read_text().splitlines()[:rows]
+    pairs = [split_conversation(tokenizer, json.loads(x)["messages"], 512) for x in lines]
+    batch = ResponseBatch.build([p for p, _ in pairs], [a for _, a in pairs],
+                                tokenizer.pad_token_id, None)
+    with torch.no_grad():
+        logps = token_logprobs(answer_logits(model, batch), batch.response_ids, 1.0)
+    return -masked_mean(logps, batch.response_mask).item()
+
+
+def test_ptx_keeps_the_actor_near_the_sft_answers(run_stage, cache_dir, tmp_path):
+    """stage.ptx_coef (InstructGPT's PPO-ptx) adds the SFT loss on data.sft_train to the
+    actor's: from the same start, seed and a reward for short answers, the actor trained with
+    it has a lower loss on SFT conversations than the one trained without, and reports the
+    mixed-in loss as ppo/ptx_loss (only then)."""
+    nll, last = {}, {}
+    for coef in (0.0, 2.0):
+        run_dir = tmp_path / f"ptx{coef}"
+        run_stage([*FAST, "stage.global_batch_size=16", "stage.ppo_epochs=4",
+                   f"stage.reward_funcs=[{SHORT}]", "stage.max_steps=2",
+                   "stage.critic_init=policy", "stage.learning_rate=1e-3",
+                   f"stage.ptx_coef={coef}", "stage.ptx_batch_size=4",
+                   "stage.ptx_max_length=96"], run_dir)
+        nll[coef], last[coef] = _sft_nll(run_dir / "model", cache_dir), _history(run_dir)[-1]
+    assert nll[2.0] < nll[0.0] - 0.05, nll
+    assert "ppo/ptx_loss" not in last[0.0]
+    assert 0 < last[2.0]["ppo/ptx_loss"] < 20
+
+
 @pytest.mark.parametrize("rollout_logprobs", ["true", "false"])
 def test_first_update_starts_at_the_rollout_policy(run_stage, tmp_path, rollout_logprobs):
     """One epoch over one minibatch: the update's policy is the rollout's, so the ratio is 1
@@ -345,6 +420,10 @@ def test_every_ppo_field_is_read():
     (["stage.num_epochs=2"], "stage=ppo counts rollouts, not epochs"),
     (["model.lora.enabled=true", "distributed=zero3"], "LoRA under ZeRO-3 is not supported"),
     (["stage.top_p=0"], "must be > 0 and stage.top_p=0.0 in (0, 1]"),
+    (["stage.ptx_coef=-0.1"], "stage.ptx_coef=-0.1 must be >= 0"),
+    (["stage.ptx_coef=0.5", "data.sft_train=null"], "and data.sft_train is not set"),
+    (["stage.ptx_coef=0.5", "stage.ptx_data=rankings", "data.rankings_train=null"],
+     "(stage.ptx_data=rankings) into the actor's, and data.rankings_train is not set"),
 ])
 def test_ppo_config_checks(run_stage, overrides, message):
     from rlhf.config import validate

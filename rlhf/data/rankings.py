@@ -40,6 +40,14 @@ def load_pairs(path: str, max_rows: int | None = None,
     return load_checked(path, _check_pair, max_rows, bad_rows_dir)
 
 
+def best_answer_conversations(rankings: list[dict]) -> list[dict]:
+    """Each ranking's prompt and its best answer as an SFT conversation (answers tied for the
+    best rank: the first of them)."""
+    best = [r["responses"][r["ranks"].index(min(r["ranks"]))] for r in rankings]
+    return [{"messages": r["prompt"] + [{"role": "assistant", "content": answer}]}
+            for r, answer in zip(rankings, best)]
+
+
 def expand_to_pairs(rankings: list[dict], mode: str = "all") -> list[dict]:
     """The non-tied pairs of each ranking (data_tools.ranking.ranked_pairs' `mode`: all,
     adjacent or best), each as its own K = 2 row."""

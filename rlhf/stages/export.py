@@ -34,7 +34,7 @@ KEY_HYPERPARAMETERS = (
     "learning_rate", "lr_scheduler", "warmup_ratio", "num_epochs", "max_steps",
     "global_batch_size", "max_length", "seed", "assistant_only_loss", "packing", "objective",
     "train_sampling", "data_format", "pairs", "loss_type", "beta", "sft_weight", "ld_alpha",
-    "entropy_coef",
+    "entropy_coef", "ptx_coef", "ptx_data",
     "reference", "num_generations", "temperature", "max_new_tokens", "kl_coef", "ppo_epochs",
     "reward_model")
 # which data.* files each stage reads (rm/dpo: by stage.data_format)
@@ -195,6 +195,8 @@ def data_files(stage: dict, data: dict) -> list[dict]:
         fields = (f"{fmt}_train", f"{fmt}_eval") + (("eval_prompts",) if name == "dpo" else ())
     else:
         fields = STAGE_DATA.get(name, ())
+    if name == "ppo" and stage.get("ptx_coef"):  # PPO-ptx's SFT loss reads one more file
+        fields += ("rankings_train" if stage.get("ptx_data") == "rankings" else "sft_train",)
     files = []
     for field_name in fields:
         path = data.get(field_name)

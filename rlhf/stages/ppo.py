@@ -15,8 +15,9 @@ stage.reward_funcs). Each step, read top to bottom in `run`:
    stop token, penalties; per-token rewards = score on the last token - kl_coef x KL;
 3. advantages: GAE over the answer tokens, whitened over the rollout;
 4. update: ppo_epochs passes over shuffled minibatches of micro batches: clipped policy loss
-   (+ entropy bonus, + KL term when not in the reward) for the actor, clipped value loss for
-   the critic, each with its own optimizer; early stop on the approximate KL.
+   (+ entropy bonus, + KL term when not in the reward, + PPO-ptx's SFT loss on supervised
+   conversations) for the actor, clipped value loss for the critic, each with its own
+   optimizer; early stop on the approximate KL.
 
 The math is in rlhf/algorithms/ppo.py (papers cited there). Ends with the held-out evaluation
 of stage=eval, as dpo/grpo do.
@@ -30,8 +31,8 @@ import shutil
 import time
 from pathlib import Path
 
-from rlhf.config import CriticInit, PPOReference
-from rlhf.data.loading import load_prompts, require
+from rlhf.config import CriticInit, PPOReference, PtxData
+from rlhf.data.loading import load_conversations, load_prompts, require
 from rlhf.distributed import is_main_process, rank, world_size
 from rlhf.models.loading import resolve_model_path
 from rlhf.rewards import build_reward_funcs
@@ -45,6 +46,7 @@ def run(cfg) -> dict:
     out, stage = stage_run.out, cfg.stage
     rows = load_prompts(require(cfg.data.prompts_train, "data.prompts_train", stage.name),
                         cfg.debug.max_train_rows, bad_rows_dir=out)
+    ptx_rows = ptx_conversations(cfg, out)  # PPO-ptx: SFT loss on these, or None
     resolve_model_path(cfg.model.path)  # a wrong path fails here, before the slow imports
 
     import torch
@@ -53,6 +55,7 @@ def run(cfg) -> dict:
     from rlhf.algorithms import ppo as algo
     from rlhf.models.generation import default_device, prompt_token_ids
     from rlhf.models.loading import load_tokenizer
+    from rlhf.models.ptx import PtxBatches
     from rlhf.models.rollout import (HFRollout, ResponseBatch, answer_logits, safe_pad_id,
                                      stop_token_ids, token_logprobs)
 
@@ -78,6 +81,8 @@ def run(cfg) -> dict:
                         batch_size=local_batch, synced=world > 1 and not
                         stage.gather_for_generation)
     columns = [k for k in rows[0] if k != "prompt"]  # extra columns reach reward_funcs
+    ptx = PtxBatches(tokenizer, ptx_rows, stage.ptx_max_length, stage.ptx_batch_size,
+                     stage.seed, pad, device) if ptx_rows else None
 
     # the metrics of every step so far: a resumed run continues its log_history.json
     start, history = resume_checkpoint(cfg, out, actor, critic, kl_ctl)
@@ -140,6 +145,7 @@ def run(cfg) -> dict:
         t2 = time.time()
         train_actor = step > stage.critic_warmup_steps
         update_stats = []
+        n_actor_passes = 0
         for _epoch in range(stage.ppo_epochs):
             order = torch.randperm(local_batch, device=device)
             stop_early = False
@@ -164,6 +170,14 @@ def run(cfg) -> dict:
                             kl_now = algo.kl_estimate(logps, ref_logps[idx], stage.kl_estimator,
                                                       stage.kl_clamp)
                             loss = loss + kl_ctl.value * algo.masked_mean(kl_now, part_mask)
+                        if ptx is not None:  # PPO-ptx: the SFT loss on SFT conversations
+                            sft = ptx.get(step, n_actor_passes, rank())
+                            ptx_loss = -algo.masked_mean(token_logprobs(
+                                answer_logits(actor, sft), sft.response_ids, 1.0),
+                                sft.response_mask)
+                            loss = loss + stage.ptx_coef * ptx_loss
+                            stats["ptx_loss"] = ptx_loss.detach()
+                        n_actor_passes += 1
                         actor.backward(loss)
                         stats.update(policy_loss=pg_loss.detach(), entropy=entropy.detach())
                     values = part.answer_slice(critic(**part.model_inputs()))
@@ -200,9 +214,10 @@ def run(cfg) -> dict:
             "ppo/update_passes": len(update_stats) * micro / local_batch,
             "time/rollout_s": t1 - t0, "time/score_s": t2 - t1, "time/update_s": t3 - t2}
         for key in ("policy_loss", "value_loss", "clipfrac", "value_clipfrac", "approx_kl",
-                    "entropy"):
+                    "entropy", "ptx_loss"):
             values_ = [s[key] for s in update_stats if key in s]
-            local[f"ppo/{key}"] = sum(values_) / len(values_) if values_ else 0.0
+            if values_ or key != "ptx_loss":  # ptx_loss: only with stage.ptx_coef
+                local[f"ppo/{key}"] = sum(values_) / len(values_) if values_ else 0.0
         metrics = mean_over_ranks_dict(local)
         metrics["ppo/kl_coef"] = kl_ctl.value
         kl_ctl.update(metrics["ppo/kl"], stage.global_batch_size)
@@ -327,6 +342,20 @@ def shard_reward_models(reward_funcs: list, dist, device) -> None:
 
 
 # ---------------------------------------------------------------- data
+
+
+def ptx_conversations(cfg, out: Path) -> list[dict] | None:
+    """PPO-ptx's conversations (None without stage.ptx_coef): data.sft_train's, or with
+    stage.ptx_data=rankings each ranking's prompt and best answer from data.rankings_train
+    (the preference data's own demonstrations)."""
+    stage = cfg.stage
+    if not stage.ptx_coef:
+        return None
+    if stage.ptx_data == PtxData.rankings:
+        from rlhf.data.rankings import best_answer_conversations, load_rankings
+        return best_answer_conversations(load_rankings(
+            cfg.data.rankings_train, cfg.debug.max_train_rows, bad_rows_dir=out))
+    return load_conversations(cfg.data.sft_train, cfg.debug.max_train_rows, bad_rows_dir=out)
 
 
 def prompt_batch(rows: list[dict], step: int, batch_size: int, seed: int) -> list[dict]:
