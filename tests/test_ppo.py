@@ -1,6 +1,6 @@
 """stage=ppo (rlhf/stages/ppo.py): the rollout layout (position ids under left padding, stop
 tokens, the missing-EOS penalty), a run whose reward rises on an easy synthetic reward, a run
-against the demo's reward model (critic from it), resume, and 2 ZeRO-3 ranks."""
+against the demo's reward model (critic from it), resume, PPO-ptx, and 2 ZeRO-3 ranks."""
 
 from __future__ import annotations
 
@@ -359,12 +359,15 @@ def test_zero3_two_ranks_generate_and_update(run_cli, cache_dir, tmp_path):
                       f"stage.reward_funcs=[{SHORT}]", "stage.max_steps=2",
                       "stage.per_device_batch_size=4",
                       "stage.learning_rate=1e-3", "distributed=zero3",
+                      # PPO-ptx: a second forward pass through the engine before each backward
+                      "stage.ptx_coef=0.5", "stage.ptx_data=rankings", "stage.ptx_batch_size=2",
                       "distributed.nproc_per_node=2", f"hydra.run.dir={run_dir}"],
                      cwd=tmp_path)
     assert result.returncode == 0, result.output[-4000:]
     assert "starting 2 ranks" in result.output
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["train/steps"] == 2 and math.isfinite(metrics["ppo/value_loss"])
+    assert 0 < metrics["ppo/ptx_loss"] < 20
     assert metrics["ppo/response_length"] > 0
     assert max_weight_change(run_dir, cache_dir / "demo_tiny") > 0
     # DeepSpeed's sharded state of both ranks, for actor and critic
