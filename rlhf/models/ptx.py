@@ -1,7 +1,8 @@
 """PPO-ptx: batches of the SFT conversations for the language-model loss that PPO mixes into
 the actor's loss (InstructGPT, Ouyang et al. 2022, arXiv 2203.02155, eq. 2: the "pretraining
 mix" that keeps what RL would otherwise erode; OpenRLHF's `ptx_coef`, DeepSpeed-Chat's
-`unsup_coef`). Here the mix is the SFT data itself (`data.sft_train`).
+`unsup_coef`). Here the mix is supervised chat data: `data.sft_train`, or each ranking's best
+answer in `data.rankings_train` (`stage.ptx_data`, rlhf/stages/ppo.py).
 
 Each conversation is laid out as PPO lays out a rollout (`ResponseBatch`): the messages before
 its last assistant turn as the prompt, with the generation prompt, and that turn's tokens as
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import random
 
+from rlhf.errors import ConfigError
 from rlhf.models.generation import prompt_token_ids
 from rlhf.models.rollout import ResponseBatch
 
@@ -26,16 +28,18 @@ def split_conversation(tokenizer, messages: list[dict], max_length: int) -> tupl
     text = tokenizer.apply_chat_template(messages, tokenize=False)
     full = tokenizer(text, add_special_tokens=False)["input_ids"]
     if full[:len(prompt)] != prompt:
-        raise ValueError("the chat template renders a conversation's prompt differently from "
-                         "the same messages with the generation prompt; stage.ptx_coef needs "
-                         "them to agree")
+        raise ConfigError("stage.ptx_coef: the tokenizer's chat template renders a "
+                          "conversation's opening turns differently from the same turns with "
+                          "the generation prompt, so its answer cannot be cut out; use a "
+                          "model whose template appends the answer, or stage.ptx_coef=0")
     answer = full[len(prompt):][:max_length - 1]
     return prompt[-(max_length - len(answer)):], answer
 
 
 class PtxBatches:
-    """The SFT rows, tokenized once, drawn in a seeded order that depends only on (step, index
-    within the step): a resumed run draws the same batches."""
+    """The conversations, tokenized once; each actor pass draws `batch_size` of them at
+    random, seeded by (seed, step, pass within the step, rank) only, so a resumed run draws
+    the same batches."""
 
     def __init__(self, tokenizer, rows: list[dict], max_length: int, batch_size: int,
                  seed: int, pad: int, device):
