@@ -283,7 +283,7 @@ def test_ptx_splits_a_conversation_as_a_rollout(tiny, cache_dir):
     assert cut_answer == answer[:3] and cut_prompt == prompt[-1:]
 
 
-def test_ptx_on_rankings_takes_each_ranking_s_best_answer():
+def test_ptx_on_rankings_takes_the_best_answer_of_each():
     """stage.ptx_data=rankings: the prompt and the answer of the best rank (lowest number);
     answers tied for it give the first of them."""
     from rlhf.data.rankings import best_answer_conversations
