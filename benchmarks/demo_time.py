@@ -88,6 +88,12 @@ def report(results: dict, base_ref: str) -> None:
         print(f"{step:<12}" + "".join("-".rjust(9) if c is None else f"{c:9.1f}" for c in cells))
     print(f"{'total':<12}{base['total']:9.1f}{this['total']:9.1f}")
     print(f"ratio this/base: {this['total'] / base['total']:.2f}")
+    # the steps both demos have (issue 10's target: at most half); later issues added steps
+    shared = [s for s in this["steps"] if s in base["steps"]]
+    base_shared = sum(base["steps"][s] for s in shared)
+    this_shared = sum(this["steps"][s] for s in shared)
+    print(f"the steps both have ({', '.join(shared)}): {base_shared:.1f} s -> {this_shared:.1f} s,"
+          f" ratio {this_shared / base_shared:.3f}")
     print(f"\n{'figure':<24}{'base':>8}{'this':>8}")
     for label, (step, metric) in FIGURES.items():
         cells = [results[k]["summary"].get(step, {}).get(metric) for k in ("base", "this")]
