@@ -906,11 +906,11 @@ def validate_ppo(stage: Any, model: Any, dist: Any, world: int, data: Any) -> No
         raise ConfigError(f"stage.ptx_coef={stage.ptx_coef} must be >= 0, stage.ptx_batch_size="
                           f"{stage.ptx_batch_size} >= 1 and stage.ptx_max_length="
                           f"{stage.ptx_max_length} >= 2")
-    ptx_file = "data.rankings_train" if stage.ptx_data == PtxData.rankings else "data.sft_train"
-    if stage.ptx_coef and not getattr(data, ptx_file.split(".")[1]):
-        raise ConfigError(f"stage.ptx_coef={stage.ptx_coef} mixes an SFT loss on {ptx_file} "
+    ptx_file = "rankings_train" if stage.ptx_data == PtxData.rankings else "sft_train"
+    if stage.ptx_coef and not getattr(data, ptx_file):
+        raise ConfigError(f"stage.ptx_coef={stage.ptx_coef} mixes an SFT loss on data.{ptx_file} "
                           f"(stage.ptx_data={stage.ptx_data.value}) into the actor's, and "
-                          f"{ptx_file} is not set; set it, or stage.ptx_coef=0")
+                          f"data.{ptx_file} is not set; set it, or stage.ptx_coef=0")
     if stage.critic_warmup_steps >= stage.max_steps:
         raise ConfigError(f"stage.critic_warmup_steps={stage.critic_warmup_steps} leaves no "
                           f"step of stage.max_steps={stage.max_steps} to train the actor")

@@ -27,8 +27,8 @@ from rlhf.algorithms.kl import sequence_kl
 from rlhf.data.loading import load_checked, load_prompts, require
 from rlhf.distributed import is_main_process, rank, world_size
 from rlhf.evaluation.text_metrics import corpus_overlap, rouge_l, sentence_chrf
-from rlhf.models.generation import Answers, answer_logprobs, default_device, generate, \
-    prompt_token_ids
+from rlhf.models.generation import Answers, answer_logprobs, answer_token_ids, \
+    default_device, generate, prompt_token_ids
 from rlhf.models.loading import load_causal_lm, load_tokenizer, resolve_model_path
 
 OUTCOME_NAMES = {1.0: "win", 0.5: "tie", 0.0: "loss"}
@@ -65,19 +65,6 @@ def heldout_rows(cfg, out: Path) -> list[dict]:
     if any("reference" in r for r in load_prompts(path, cap, out)):
         return load_checked(path, prompt_with_reference, cap, out)
     return load_prompts(path, cap, out)
-
-
-def reference_answer_ids(tokenizer, prompt: list[dict], reference: str) -> list[int]:
-    """The reference answer's tokens as the model would write them after the prompt: the chat
-    template of prompt + answer minus that of the prompt (end-of-turn token included)."""
-    prompt_ids = prompt_token_ids(tokenizer, prompt)
-    full = tokenizer.apply_chat_template(prompt + [{"role": "assistant", "content": reference}],
-                                         tokenize=False)
-    full_ids = tokenizer(full, add_special_tokens=False)["input_ids"]
-    if full_ids[:len(prompt_ids)] == prompt_ids:
-        return full_ids[len(prompt_ids):]
-    return tokenizer(reference, add_special_tokens=False)["input_ids"] + \
-        [tokenizer.eos_token_id]
 
 
 # ---------------------------------------------------------------- ranks
@@ -180,8 +167,9 @@ def evaluate_models(cfg, stage_run) -> dict:
             metrics[f"eval/{name}/answer_words_{mode}"] = mean(len(x.split()) for x in a.texts)
             metrics[f"eval/{name}/answer_tokens_{mode}"] = mean(len(x) for x in a.answer_ids)
         if references is not None:
-            ref_ids = [reference_answer_ids(tokenizer, p, r) for p, r in zip(prompts, references)]
-            ref = Answers(references, [prompt_token_ids(tokenizer, p) for p in prompts], ref_ids)
+            prompt_ids = [prompt_token_ids(tokenizer, p) for p in prompts]
+            ref = Answers(references, prompt_ids, [answer_token_ids(tokenizer, i, p, r) for i, p, r
+                                                   in zip(prompt_ids, prompts, references)])
             metrics[f"eval/{name}/perplexity"] = perplexity(
                 *padded(logprobs(model, ref, stage.batch_size, pad)))
         if "sampled" in answers[name] and name != baseline:

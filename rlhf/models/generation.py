@@ -26,6 +26,20 @@ def prompt_token_ids(tokenizer, prompt: list[dict]) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
+def answer_token_ids(tokenizer, prompt_ids: list[int], prompt: list[dict],
+                     answer: str) -> list[int]:
+    """An answer's tokens as the model would write them after the prompt (`prompt_ids`, from
+    prompt_token_ids): the chat template of prompt + answer minus that of the prompt
+    (end-of-turn token included). A template that renders the prompt differently once it is
+    answered gets the answer's own tokens and EOS instead."""
+    full = tokenizer.apply_chat_template(prompt + [{"role": "assistant", "content": answer}],
+                                         tokenize=False)
+    full_ids = tokenizer(full, add_special_tokens=False)["input_ids"]
+    if full_ids[:len(prompt_ids)] == prompt_ids:
+        return full_ids[len(prompt_ids):]
+    return tokenizer(answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+
+
 @torch.no_grad()
 def generate(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int,
              batch_size: int, temperature: float = 0.0) -> Answers:

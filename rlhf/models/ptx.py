@@ -14,25 +14,18 @@ from __future__ import annotations
 
 import random
 
-from rlhf.errors import ConfigError
-from rlhf.models.generation import prompt_token_ids
+from rlhf.models.generation import answer_token_ids, prompt_token_ids
 from rlhf.models.rollout import ResponseBatch
 
 
 def split_conversation(tokenizer, messages: list[dict], max_length: int) -> tuple[list, list]:
     """(prompt ids, answer ids) of a conversation ending with an assistant turn: the chat
-    template of the messages before it with the generation prompt, then the rest of the whole
-    conversation's template (the answer and its end-of-turn token). The prompt is cut from the
+    template of the messages before it with the generation prompt, and the answer as the model
+    would write it after them (its end-of-turn token included). The prompt is cut from the
     left and the answer from the right so that both fit in max_length tokens."""
     prompt = prompt_token_ids(tokenizer, messages[:-1])
-    text = tokenizer.apply_chat_template(messages, tokenize=False)
-    full = tokenizer(text, add_special_tokens=False)["input_ids"]
-    if full[:len(prompt)] != prompt:
-        raise ConfigError("stage.ptx_coef: the tokenizer's chat template renders a "
-                          "conversation's opening turns differently from the same turns with "
-                          "the generation prompt, so its answer cannot be cut out; use a "
-                          "model whose template appends the answer, or stage.ptx_coef=0")
-    answer = full[len(prompt):][:max_length - 1]
+    answer = answer_token_ids(tokenizer, prompt, messages[:-1], messages[-1]["content"])
+    answer = answer[:max_length - 1]
     return prompt[-(max_length - len(answer)):], answer
 
 
