@@ -13,6 +13,7 @@ other, compare. The base checkout is a temporary `git worktree`; it runs with th
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -58,24 +59,32 @@ def run_demo(checkout: Path, work: Path) -> dict:
     return {"steps": steps, "total": time.time() - started, "summary": summary}
 
 
+@contextlib.contextmanager
+def base_worktree(ref: str, parent: Path):
+    """A detached `git worktree` of `ref` under `parent`, removed afterwards (also used by
+    benchmarks/suite_time.py)."""
+    tree = parent / "base_tree"
+    subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(tree), ref],
+                   check=True, capture_output=True)
+    try:
+        yield tree
+    finally:
+        subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(tree)],
+                       capture_output=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base", default=DEFAULT_BASE, help="git ref of the checkout to beat")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="demo_time_") as tmp:
         tmp = Path(tmp)
-        base_tree = tmp / "base_tree"
-        subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(base_tree),
-                        args.base], check=True, capture_output=True)
-        try:
+        with base_worktree(args.base, tmp) as base_tree:
             results = {}
             for name, checkout in (("base", base_tree), ("this", REPO)):
                 (tmp / name).mkdir()
                 print(f"running the demo of {name} ({checkout}) ...", flush=True)
                 results[name] = run_demo(checkout, tmp / name)
-        finally:
-            subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force",
-                            str(base_tree)], capture_output=True)
     report(results, args.base)
 
 

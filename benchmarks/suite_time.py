@@ -10,8 +10,9 @@ Later issues add tests (issue 10's suite had 149, this one several hundred), so 
 suites compare a different amount of work; the same-tests run is the like-for-like figure.
 Its demo test still runs today's whole demo, with the steps later issues added (PPO, the
 final evaluation, the export); the script also prints the same-tests time less those steps'
-run times, read from that demo's metrics.json. A test is "the same" when a test function of that name is in the same file in both
-checkouts (every parametrisation it has today runs), or when RENAMED below says where it went.
+run times, read from that demo's metrics.json. A test is "the same" when a test function of
+that name is in the same file in both checkouts (every parametrisation it has today runs), or
+when RENAMED below says where it went.
 
 The base runs `pytest` in a temporary `git worktree` with this venv (the base's Makefile
 would build a venv of its own); this checkout runs `make test`, as CI does. Run it alone:
@@ -32,9 +33,9 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-# main as it was when issue 10 was opened (the suite that issue had to bring to 0.6x)
-DEFAULT_BASE = "ea69d6e"
+# main as it was when issue 10 was opened, and its worktree (benchmarks/demo_time.py)
+from demo_time import DEFAULT_BASE, REPO, base_worktree  # benchmarks/ is sys.path[0]
+
 # tests of DEFAULT_BASE that moved or were renamed since: old function -> today's functions
 RENAMED = {
     "tests/data_tools/test_prepare.py::test_prepared_data_trains_with_rlhf_sft":
@@ -119,24 +120,18 @@ def main() -> None:
     logs = args.logs or Path(tempfile.mkdtemp(prefix="suite_time_"))
     logs.mkdir(parents=True, exist_ok=True)
     times, later = {}, {}
-    with tempfile.TemporaryDirectory(prefix="suite_time_") as tmp:
-        base_tree = Path(tmp) / "base_tree"
-        subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(base_tree),
-                        args.base], check=True, capture_output=True)
-        try:
-            base_env = {**os.environ, "PYTHONPATH": str(base_tree)}
-            this_ids = collect(REPO, dict(os.environ))
-            base_ids = collect(base_tree, base_env)
-            same = same_tests(base_ids, this_ids)
-            base_steps = demo_steps(base_tree)
-            print(f"tests: base {len(base_ids)}, this {len(this_ids)}, of them the same tests "
-                  f"{len(same)}", flush=True)
-            print(f"running the base's suite ({args.base}) ...", flush=True)
-            times["base"] = timed([sys.executable, "-m", "pytest", "-p", "no:cacheprovider"],
-                                  base_tree, base_env, logs / "base.log")
-        finally:
-            subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force",
-                            str(base_tree)], capture_output=True)
+    with tempfile.TemporaryDirectory(prefix="suite_time_") as tmp, \
+            base_worktree(args.base, Path(tmp)) as base_tree:
+        base_env = {**os.environ, "PYTHONPATH": str(base_tree)}
+        this_ids = collect(REPO, dict(os.environ))
+        base_ids = collect(base_tree, base_env)
+        same = same_tests(base_ids, this_ids)
+        base_steps = demo_steps(base_tree)
+        print(f"tests: base {len(base_ids)}, this {len(this_ids)}, of them the same tests "
+              f"{len(same)}", flush=True)
+        print(f"running the base's suite ({args.base}) ...", flush=True)
+        times["base"] = timed([sys.executable, "-m", "pytest", "-p", "no:cacheprovider"],
+                              base_tree, base_env, logs / "base.log")
     if args.tests in ("both", "whole"):
         print("running this checkout's whole `make test` ...", flush=True)
         times["whole"] = timed(["make", "test"], REPO, dict(os.environ), logs / "whole.log")
